@@ -1,0 +1,165 @@
+"""Wire types of the Garden REST API (API.md), shared by the server, the client and the events.
+
+Request types are decoded with `decode_request`, which turns every msgspec failure into an
+`InvalidRequestError`; unknown keys are ignored, wrong types are a 400.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, TypeVar
+
+import msgspec
+
+from garden.errors import InvalidRequestError
+
+HANDLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+
+
+def check_handle(handle: str) -> str:
+    if not HANDLE_RE.fullmatch(handle):
+        raise InvalidRequestError(
+            f"invalid handle {handle!r}: must match [A-Za-z0-9][A-Za-z0-9_.+-]{{0,127}}"
+        )
+    return handle
+
+
+class Wire(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """Base of every wire type."""
+
+
+class Property(Wire):
+    key: str
+    value: str
+
+
+class BindMount(Wire):
+    src_path: str
+    dst_path: str
+    mode: Literal["RO", "RW"] = "RO"
+    origin: Literal["Host", "Container"] = "Host"
+
+
+class MemoryLimits(Wire):
+    limit_in_bytes: int | None = None
+
+
+class CpuLimits(Wire):
+    limit_in_shares: int | None = None
+
+
+class DiskLimits(Wire):
+    block_soft: int | None = None
+    block_hard: int | None = None
+    inode_soft: int | None = None
+    inode_hard: int | None = None
+    byte_soft: int | None = None
+    byte_hard: int | None = None
+
+
+class BandwidthLimits(Wire):
+    rate: int | None = None
+    burst: int | None = None
+
+
+class PidLimits(Wire):
+    max: int | None = None
+
+
+class Limits(Wire):
+    memory: MemoryLimits | None = None
+    cpu: CpuLimits | None = None
+    disk: DiskLimits | None = None
+    bandwidth: BandwidthLimits | None = None
+    pids: PidLimits | None = None
+
+
+class ContainerSpec(Wire):
+    handle: str | None = None
+    grace_time: float | None = None
+    rootfs: str | None = None
+    env: list[str] = []
+    privileged: bool = False
+    properties: dict[str, str] | list[Property] = {}
+    bind_mounts: list[BindMount] = []
+    network: str | None = None
+    limits: Limits | None = None
+
+    def property_dict(self) -> dict[str, str]:
+        if isinstance(self.properties, dict):
+            return dict(self.properties)
+        return {p.key: p.value for p in self.properties}
+
+
+class HandleReply(Wire):
+    handle: str
+
+
+class HandlesReply(Wire):
+    handles: list[str]
+
+
+class Capacity(Wire):
+    memory_in_bytes: int
+    disk_in_bytes: int
+    max_containers: int
+
+
+class PortMapping(Wire):
+    host_port: int
+    container_port: int
+
+
+class ContainerInfo(Wire):
+    state: Literal["active", "stopped"]
+    events: list[str]
+    host_ip: str
+    container_ip: str
+    container_path: str
+    process_ids: list[str]
+    properties: dict[str, str]
+    mapped_ports: list[PortMapping]
+    grace_time: float
+    memory_stat: dict[str, int] = {}
+    cpu_stat: dict[str, int] = {}
+    disk_stat: dict[str, int] = {}
+    bandwidth_stat: dict[str, int] = {}
+
+
+class PropertyValue(Wire):
+    value: str
+
+
+class GraceTime(Wire):
+    grace_time: float
+
+
+class StopRequest(Wire):
+    kill: bool = False
+
+
+class ErrorBody(Wire):
+    type: str
+    message: str
+    handle: str = ""
+    process_id: str = ""
+
+
+T = TypeVar("T")
+
+
+def decode_request(body: bytes, kind: type[T]) -> T:
+    """Decode a JSON request body; an empty body is an empty object."""
+    try:
+        return msgspec.json.decode(body or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(f"invalid request: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"malformed JSON: {exc}") from exc
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(obj: object) -> bytes:
+    return _encoder.encode(obj)

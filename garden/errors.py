@@ -1,0 +1,145 @@
+"""The one error tree of the server.
+
+Every failure a client can see is a `GardenError`; its `kind` is the wire `type` of API.md's
+error table. The HTTP status for each kind lives in `garden/http/errors.py` and nowhere else.
+Kernel failures are wrapped at the `linux/` boundary as `KernelError` subclasses that say what
+was tried.
+"""
+
+from __future__ import annotations
+
+
+class GardenError(Exception):
+    """Base of every error a client may see."""
+
+    kind = "InternalError"
+
+    def __init__(self, message: str, *, handle: str = "", process_id: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.handle = handle
+        self.process_id = process_id
+
+
+class InvalidRequestError(GardenError):
+    kind = "InvalidRequestError"
+
+
+class UnauthorizedError(GardenError):
+    kind = "UnauthorizedError"
+
+
+class PrivilegedContainersDisallowedError(GardenError):
+    kind = "PrivilegedContainersDisallowedError"
+
+
+class ContainerNotFoundError(GardenError):
+    kind = "ContainerNotFoundError"
+
+    def __init__(self, handle: str) -> None:
+        super().__init__(f"unknown handle: {handle}", handle=handle)
+
+
+class ProcessNotFoundError(GardenError):
+    kind = "ProcessNotFoundError"
+
+
+class PropertyNotFoundError(GardenError):
+    kind = "PropertyNotFoundError"
+
+
+class FileNotFoundInContainerError(GardenError):
+    kind = "FileNotFoundError"
+
+
+class ExecutableNotFoundError(GardenError):
+    kind = "ExecutableNotFoundError"
+
+
+class RouteNotFoundError(GardenError):
+    kind = "RouteNotFoundError"
+
+
+class MethodNotAllowedError(GardenError):
+    kind = "MethodNotAllowedError"
+
+
+class HandleInUseError(GardenError):
+    kind = "HandleInUseError"
+
+    def __init__(self, handle: str) -> None:
+        super().__init__(f"handle '{handle}' already in use", handle=handle)
+
+
+class ProcessIdInUseError(GardenError):
+    kind = "ProcessIdInUseError"
+
+
+class ContainerStoppedError(GardenError):
+    kind = "ContainerStoppedError"
+
+
+class ConflictError(GardenError):
+    """A request that conflicts with the current state (e.g. a limit below current use)."""
+
+    kind = "ConflictError"
+
+
+class AddressInUseError(GardenError):
+    kind = "AddressInUseError"
+
+
+class SubnetOverlapError(GardenError):
+    kind = "SubnetOverlapError"
+
+
+class PayloadTooLargeError(GardenError):
+    kind = "PayloadTooLargeError"
+
+
+class DiskLimitExceededError(GardenError):
+    kind = "DiskLimitExceededError"
+
+
+class CapacityExhaustedError(GardenError):
+    kind = "CapacityExhaustedError"
+
+
+class ServiceUnavailableError(GardenError):
+    """The server is shutting down or the container's actor is gone."""
+
+    kind = "ServiceUnavailableError"
+
+
+class InternalError(GardenError):
+    kind = "InternalError"
+
+
+class KernelError(InternalError):
+    """An operation on a kernel resource failed; `what` says which step on which object."""
+
+    def __init__(self, what: str, cause: BaseException | str, *, handle: str = "") -> None:
+        super().__init__(f"{what}: {cause}", handle=handle)
+        self.what = what
+
+
+class CgroupError(KernelError):
+    pass
+
+
+class MountError(KernelError):
+    pass
+
+
+class RuntimeFailedError(KernelError):
+    """The OCI runtime binary (runc/crun) failed; the message carries its stderr."""
+
+
+class LogCorruptError(Exception):
+    """The event log is damaged before its last record; the server refuses to start."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(f"event log {path} is corrupt at byte {offset}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.reason = reason

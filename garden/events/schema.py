@@ -1,0 +1,131 @@
+"""Event types: the facts the log records, past tense, one tagged msgspec Struct each.
+
+Rules for changing this file (docs/events.md has the catalogue):
+- never rename a tag or remove a field; add fields with defaults only;
+- a change in meaning bumps `SCHEMA_VERSION` and adds an upcaster in `events/log.py`;
+- events hold facts (handles, ids, paths, pids with start times), never live objects.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from garden.api import ContainerSpec
+
+SCHEMA_VERSION = 1
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event; the tag is the class name."""
+
+
+class ContainerCreateStarted(Event, tag=True):
+    """Intent: kernel work for a new container begins. Replay without a matching
+    `ContainerCreated` means a crash interrupted the create and it must be undone."""
+
+    handle: str
+    container_id: str
+    spec: ContainerSpec
+    rootfs: str
+    container_path: str
+    cgroup_path: str
+    uid_base: int | None
+    grace_time: float
+    env: list[str]
+
+
+class ContainerCreated(Event, tag=True):
+    handle: str
+    pid: int
+    pid_start_time: int
+
+
+class ContainerCreateFailed(Event, tag=True):
+    handle: str
+    reason: str
+
+
+class PropertySet(Event, tag=True):
+    handle: str
+    key: str
+    value: str
+
+
+class PropertyDeleted(Event, tag=True):
+    handle: str
+    key: str
+
+
+class GraceTimeSet(Event, tag=True):
+    handle: str
+    grace_time: float
+
+
+class ContainerStopped(Event, tag=True):
+    handle: str
+    reason: Literal["request", "oom", "init-exited"]
+
+
+class ContainerRestored(Event, tag=True):
+    """Found running at start-up after a restart of the server."""
+
+    handle: str
+    pid: int
+    pid_start_time: int
+
+
+class ContainerDestroyStarted(Event, tag=True):
+    handle: str
+    reason: Literal["request", "grace", "recovery", "create-failed"]
+
+
+class ContainerDestroyed(Event, tag=True):
+    handle: str
+
+
+class ResourceSwept(Event, tag=True):
+    """A kernel resource with our marks but no owner was found and released at start-up."""
+
+    kind: str
+    name: str
+
+
+class ServerStarted(Event, tag=True):
+    version: str
+    pid: int
+
+
+AnyEvent = (
+    ContainerCreateStarted
+    | ContainerCreated
+    | ContainerCreateFailed
+    | PropertySet
+    | PropertyDeleted
+    | GraceTimeSet
+    | ContainerStopped
+    | ContainerRestored
+    | ContainerDestroyStarted
+    | ContainerDestroyed
+    | ResourceSwept
+    | ServerStarted
+)
+
+
+class Origin(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Who asked for the change: the request id (also in the X-Request-Id header and the
+    server's log line) and the client's address; empty for the server's own work."""
+
+    request_id: str = ""
+    client: str = ""
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True):
+    """One line of the log: sequence number, wall time, schema version, origin, event."""
+
+    seq: int
+    time: float
+    v: int
+    origin: Origin
+    event: AnyEvent
