@@ -28,27 +28,27 @@ class Wire(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Fals
     """Base of every wire type."""
 
 
-class Property(Wire):
+class Property(Wire, frozen=True):
     key: str
     value: str
 
 
-class BindMount(Wire):
+class BindMount(Wire, frozen=True):
     src_path: str
     dst_path: str
     mode: Literal["RO", "RW"] = "RO"
     origin: Literal["Host", "Container"] = "Host"
 
 
-class MemoryLimits(Wire):
+class MemoryLimits(Wire, frozen=True):
     limit_in_bytes: int | None = None
 
 
-class CpuLimits(Wire):
+class CpuLimits(Wire, frozen=True):
     limit_in_shares: int | None = None
 
 
-class DiskLimits(Wire):
+class DiskLimits(Wire, frozen=True):
     block_soft: int | None = None
     block_hard: int | None = None
     inode_soft: int | None = None
@@ -57,16 +57,16 @@ class DiskLimits(Wire):
     byte_hard: int | None = None
 
 
-class BandwidthLimits(Wire):
+class BandwidthLimits(Wire, frozen=True):
     rate: int | None = None
     burst: int | None = None
 
 
-class PidLimits(Wire):
+class PidLimits(Wire, frozen=True):
     max: int | None = None
 
 
-class Limits(Wire):
+class Limits(Wire, frozen=True):
     memory: MemoryLimits | None = None
     cpu: CpuLimits | None = None
     disk: DiskLimits | None = None
@@ -74,7 +74,7 @@ class Limits(Wire):
     pids: PidLimits | None = None
 
 
-class ContainerSpec(Wire):
+class ContainerSpec(Wire, frozen=True):
     handle: str | None = None
     grace_time: float | None = None
     rootfs: str | None = None
@@ -91,26 +91,26 @@ class ContainerSpec(Wire):
         return {p.key: p.value for p in self.properties}
 
 
-class HandleReply(Wire):
+class HandleReply(Wire, frozen=True):
     handle: str
 
 
-class HandlesReply(Wire):
+class HandlesReply(Wire, frozen=True):
     handles: list[str]
 
 
-class Capacity(Wire):
+class Capacity(Wire, frozen=True):
     memory_in_bytes: int
     disk_in_bytes: int
     max_containers: int
 
 
-class PortMapping(Wire):
+class PortMapping(Wire, frozen=True):
     host_port: int
     container_port: int
 
 
-class ContainerInfo(Wire):
+class ContainerInfo(Wire, frozen=True):
     state: Literal["active", "stopped"]
     events: list[str]
     host_ip: str
@@ -126,19 +126,19 @@ class ContainerInfo(Wire):
     bandwidth_stat: dict[str, int] = {}
 
 
-class PropertyValue(Wire):
+class PropertyValue(Wire, frozen=True):
     value: str
 
 
-class GraceTime(Wire):
+class GraceTime(Wire, frozen=True):
     grace_time: float
 
 
-class StopRequest(Wire):
+class StopRequest(Wire, frozen=True):
     kill: bool = False
 
 
-class ErrorBody(Wire):
+class ErrorBody(Wire, frozen=True):
     type: str
     message: str
     handle: str = ""

@@ -37,3 +37,8 @@ class ContainerKernel(Protocol):
     async def wait_exit(self, started: Started) -> None:
         """Return when the container's init exits (pidfd, no polling)."""
         ...
+
+    async def sweep(self, owned: set[str]) -> list[str]:
+        """Release every kernel resource under our names whose container id is not in `owned`
+        (left by a crash); return the ids released."""
+        ...

@@ -21,7 +21,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of every event; the tag is the class name."""
 
 
-class ContainerCreateStarted(Event, tag=True):
+class ContainerCreateStarted(Event, tag=True, frozen=True):
     """Intent: kernel work for a new container begins. Replay without a matching
     `ContainerCreated` means a crash interrupted the create and it must be undone."""
 
@@ -36,39 +36,39 @@ class ContainerCreateStarted(Event, tag=True):
     env: list[str]
 
 
-class ContainerCreated(Event, tag=True):
+class ContainerCreated(Event, tag=True, frozen=True):
     handle: str
     pid: int
     pid_start_time: int
 
 
-class ContainerCreateFailed(Event, tag=True):
+class ContainerCreateFailed(Event, tag=True, frozen=True):
     handle: str
     reason: str
 
 
-class PropertySet(Event, tag=True):
+class PropertySet(Event, tag=True, frozen=True):
     handle: str
     key: str
     value: str
 
 
-class PropertyDeleted(Event, tag=True):
+class PropertyDeleted(Event, tag=True, frozen=True):
     handle: str
     key: str
 
 
-class GraceTimeSet(Event, tag=True):
+class GraceTimeSet(Event, tag=True, frozen=True):
     handle: str
     grace_time: float
 
 
-class ContainerStopped(Event, tag=True):
+class ContainerStopped(Event, tag=True, frozen=True):
     handle: str
     reason: Literal["request", "oom", "init-exited"]
 
 
-class ContainerRestored(Event, tag=True):
+class ContainerRestored(Event, tag=True, frozen=True):
     """Found running at start-up after a restart of the server."""
 
     handle: str
@@ -76,23 +76,23 @@ class ContainerRestored(Event, tag=True):
     pid_start_time: int
 
 
-class ContainerDestroyStarted(Event, tag=True):
+class ContainerDestroyStarted(Event, tag=True, frozen=True):
     handle: str
     reason: Literal["request", "grace", "recovery", "create-failed"]
 
 
-class ContainerDestroyed(Event, tag=True):
+class ContainerDestroyed(Event, tag=True, frozen=True):
     handle: str
 
 
-class ResourceSwept(Event, tag=True):
+class ResourceSwept(Event, tag=True, frozen=True):
     """A kernel resource with our marks but no owner was found and released at start-up."""
 
     kind: str
     name: str
 
 
-class ServerStarted(Event, tag=True):
+class ServerStarted(Event, tag=True, frozen=True):
     version: str
     pid: int
 

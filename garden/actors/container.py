@@ -1,0 +1,192 @@
+"""The container actor: one trio task per container that owns its kernel resources.
+
+It builds the container (or adopts one found at start-up), then consumes commands from its
+mailbox one at a time. Every change is recorded in the journal before the command's reply is
+settled. A watcher task notices when the container's init exits. The actor ends after a
+destroy; its mailbox then answers every caller with `ContainerNotFoundError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal, final
+
+import msgspec
+import trio
+
+from garden.actors.mailbox import Mailbox
+from garden.actors.ports import ContainerKernel
+from garden.errors import ContainerNotFoundError, GardenError, InternalError
+from garden.events import schema as ev
+from garden.events.journal import Journal
+from garden.events.state import ContainerState, ServerState
+from garden.linux.plan import Started
+
+log = logging.getLogger("garden.container")
+
+# Bound on how long tearing a container down may take once started, even when the caller is
+# gone or the server is shutting down.
+DESTROY_DEADLINE = 60.0
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    origin: ev.Origin = ev.Origin()
+
+
+class SetProperty(Command, frozen=True):
+    key: str
+    value: str
+
+
+class DeleteProperty(Command, frozen=True):
+    key: str
+
+
+class SetGraceTime(Command, frozen=True):
+    grace_time: float
+
+
+class Stop(Command, frozen=True):
+    kill: bool = False
+
+
+class Destroy(Command, frozen=True):
+    reason: Literal["request", "grace"] = "request"
+
+
+AnyCommand = SetProperty | DeleteProperty | SetGraceTime | Stop | Destroy
+
+
+@final
+class ContainerActor:
+    def __init__(
+        self,
+        handle: str,
+        *,
+        state: ServerState,
+        journal: Journal,
+        kernel: ContainerKernel,
+        stop_timeout: float,
+        on_exit: Callable[[str], None],
+    ) -> None:
+        self.handle = handle
+        self.mailbox: Mailbox[AnyCommand] = Mailbox()
+        self._state = state
+        self._journal = journal
+        self._kernel = kernel
+        self._stop_timeout = stop_timeout
+        self._on_exit = on_exit
+        self._tearing_down = False
+        self._destroyed = False
+
+    @property
+    def record(self) -> ContainerState:
+        return self._state.containers[self.handle]
+
+    async def call(self, command: AnyCommand) -> object:
+        return await self.mailbox.call(command)
+
+    async def run(
+        self,
+        mode: Literal["create", "adopt"],
+        origin: ev.Origin,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            if mode == "create":
+                await self._create(origin)
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                started = self.record.started()
+                if self.record.phase == "active" and started is not None:
+                    nursery.start_soon(self._watch_init, started)
+                async for command, reply in self.mailbox.commands():
+                    try:
+                        reply.succeed(await self._handle(command))
+                    except GardenError as exc:
+                        reply.fail(exc)
+                    except Exception as exc:
+                        log.exception("command-failed handle=%s command=%r", self.handle, command)
+                        reply.fail(
+                            InternalError(f"{type(exc).__name__}: {exc}", handle=self.handle)
+                        )
+                    if self._destroyed:
+                        nursery.cancel_scope.cancel()
+                        break
+        finally:
+            self.mailbox.close(lambda: ContainerNotFoundError(self.handle))
+            self._on_exit(self.handle)
+
+    async def _create(self, origin: ev.Origin) -> None:
+        plan = self.record.plan()
+        # The create runs to its end even when the client goes away: the intent is logged,
+        # and a half-made container must be either finished or undone, never abandoned.
+        with trio.CancelScope(shield=True):
+            try:
+                started = await self._kernel.create(plan)
+            except BaseException as exc:
+                reason = exc.message if isinstance(exc, GardenError) else repr(exc)
+                await self._journal.record(
+                    ev.ContainerCreateFailed(handle=self.handle, reason=reason), origin=origin
+                )
+                raise
+            await self._journal.record(
+                ev.ContainerCreated(
+                    handle=self.handle, pid=started.pid, pid_start_time=started.pid_start_time
+                ),
+                origin=origin,
+            )
+        log.info("create-finished handle=%s pid=%d", self.handle, started.pid)
+
+    async def _watch_init(self, started: Started) -> None:
+        await self._kernel.wait_exit(started)
+        if self._tearing_down or self.record.phase != "active":
+            return
+        log.warning("init-exited handle=%s pid=%d", self.handle, started.pid)
+        await self._journal.record(ev.ContainerStopped(handle=self.handle, reason="init-exited"))
+
+    async def _handle(self, command: AnyCommand) -> object:
+        h, origin = self.handle, command.origin
+        match command:
+            case SetProperty(key=key, value=value):
+                await self._journal.record(
+                    ev.PropertySet(handle=h, key=key, value=value), origin=origin
+                )
+            case DeleteProperty(key=key):
+                await self._journal.record(ev.PropertyDeleted(handle=h, key=key), origin=origin)
+            case SetGraceTime(grace_time=grace):
+                await self._journal.record(
+                    ev.GraceTimeSet(handle=h, grace_time=grace), origin=origin
+                )
+            case Stop(kill=kill):
+                await self._stop(kill, origin)
+            case Destroy(reason=reason):
+                await self._destroy(reason, origin)
+        return None
+
+    async def _stop(self, kill: bool, origin: ev.Origin) -> None:
+        if self.record.phase == "stopped":
+            return
+        self._tearing_down = True
+        try:
+            await self._kernel.stop(self.record.plan(), kill=kill, timeout=self._stop_timeout)
+            await self._journal.record(
+                ev.ContainerStopped(handle=self.handle, reason="request"), origin=origin
+            )
+        finally:
+            self._tearing_down = False
+
+    async def _destroy(self, reason: Literal["request", "grace"], origin: ev.Origin) -> None:
+        self._tearing_down = True
+        log.info("destroy-started handle=%s reason=%s", self.handle, reason)
+        with trio.CancelScope(shield=True), trio.fail_after(DESTROY_DEADLINE):
+            if self.record.phase != "destroying":
+                await self._journal.record(
+                    ev.ContainerDestroyStarted(handle=self.handle, reason=reason), origin=origin
+                )
+            await self._kernel.destroy(self.record.plan())
+            await self._journal.record(ev.ContainerDestroyed(handle=self.handle), origin=origin)
+        self._destroyed = True
+        log.info("destroy-finished handle=%s", self.handle)

@@ -1,0 +1,89 @@
+"""Checks a create request before anything is recorded or built: every 400 of a create comes from
+here, so a bad request never leaves an event or a kernel resource behind."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from pathlib import Path
+
+from garden.api import ContainerSpec, check_handle
+from garden.config import ServerConfig
+from garden.errors import InvalidRequestError, PrivilegedContainersDisallowedError
+
+MAX_PROPERTIES = 1024
+MAX_PROPERTY_BYTES = 64 * 1024
+MAX_ENV_BYTES = 256 * 1024
+MAX_BIND_MOUNTS = 64
+
+
+def check_spec(spec: ContainerSpec, config: ServerConfig, *, allow_privileged: bool = True) -> str:
+    """Validate `spec`; return the host directory to use as the rootfs."""
+    if spec.handle is not None:
+        check_handle(spec.handle)
+    if spec.privileged and not allow_privileged:
+        raise PrivilegedContainersDisallowedError("privileged containers are not allowed")
+    if spec.grace_time is not None and (spec.grace_time < 0 or spec.grace_time != spec.grace_time):
+        raise InvalidRequestError("grace_time must be a number of seconds >= 0")
+    check_env(spec.env)
+    props = spec.property_dict()
+    if len(props) > MAX_PROPERTIES:
+        raise InvalidRequestError(f"at most {MAX_PROPERTIES} properties")
+    for key, value in props.items():
+        check_property(key, value)
+    if len(spec.bind_mounts) > MAX_BIND_MOUNTS:
+        raise InvalidRequestError(f"at most {MAX_BIND_MOUNTS} bind mounts")
+    for bm in spec.bind_mounts:
+        check_container_path(bm.dst_path, "bind mount dst_path")
+        if bm.origin == "Host":
+            if not os.path.isabs(bm.src_path):
+                raise InvalidRequestError(f"bind mount src_path {bm.src_path!r} must be absolute")
+            if not os.path.exists(bm.src_path):
+                raise InvalidRequestError(f"bind mount src_path {bm.src_path!r} does not exist")
+            check_host_source(bm.src_path, config)
+        else:
+            check_container_path(bm.src_path, "bind mount src_path")
+    if spec.network:
+        raise InvalidRequestError("the network field is not supported by this server yet")
+    if spec.limits is not None:
+        raise InvalidRequestError("create-time limits are not supported by this server yet")
+    rootfs = spec.rootfs or config.default_rootfs
+    if rootfs.startswith("raw://"):
+        rootfs = rootfs[len("raw://") :]
+    if not os.path.isabs(rootfs) or not os.path.isdir(rootfs):
+        raise InvalidRequestError(f"rootfs {rootfs!r} is not a directory on the host")
+    return str(Path(rootfs).resolve())
+
+
+def check_env(env: list[str]) -> None:
+    total = 0
+    for item in env:
+        if "=" not in item or item.startswith("=") or "\0" in item:
+            raise InvalidRequestError(f"env entry {item!r} must look like NAME=value")
+        total += len(item)
+    if total > MAX_ENV_BYTES:
+        raise InvalidRequestError(f"env is larger than {MAX_ENV_BYTES} bytes")
+
+
+def check_property(key: str, value: str) -> None:
+    if not key or "\0" in key or "\0" in value:
+        raise InvalidRequestError("property keys must be non-empty and free of NUL bytes")
+    if len(key) + len(value) > MAX_PROPERTY_BYTES:
+        raise InvalidRequestError(f"property {key!r} is larger than {MAX_PROPERTY_BYTES} bytes")
+
+
+def check_container_path(path: str, what: str) -> None:
+    if not path.startswith("/") or "\0" in path:
+        raise InvalidRequestError(f"{what} {path!r} must be an absolute path")
+    if posixpath.normpath(path) == "/":
+        raise InvalidRequestError(f"{what} must not be the container's root")
+    if ".." in path.split("/"):
+        raise InvalidRequestError(f"{what} {path!r} must not contain '..'")
+
+
+def check_host_source(src: str, config: ServerConfig) -> None:
+    """A host bind-mount source may not expose the server's own state."""
+    real = os.path.realpath(src)
+    state = os.path.realpath(config.state_dir)
+    if real == state or real.startswith(state + "/"):
+        raise InvalidRequestError(f"bind mount src_path {src!r} is inside the server's state dir")

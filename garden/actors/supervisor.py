@@ -1,0 +1,276 @@
+"""The supervisor: owns the nursery every container actor lives in, the handle registry, the
+grace reaper, and recovery at start-up.
+
+Reads (list, info, properties) are answered from the replayed state without a trip through an
+actor; changes go to the container's actor, which records them in the journal first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import final
+
+import trio
+
+from garden.actors.container import (
+    AnyCommand,
+    ContainerActor,
+    DeleteProperty,
+    Destroy,
+    SetGraceTime,
+    SetProperty,
+    Stop,
+)
+from garden.actors.grace import GraceReaper
+from garden.actors.ports import ContainerKernel
+from garden.actors.spec_rules import check_property, check_spec
+from garden.api import Capacity, ContainerInfo, ContainerSpec, check_handle
+from garden.config import ServerConfig
+from garden.errors import (
+    CapacityExhaustedError,
+    ContainerNotFoundError,
+    HandleInUseError,
+    InvalidRequestError,
+    PropertyNotFoundError,
+)
+from garden.events import schema as ev
+from garden.events.journal import Journal
+from garden.events.state import ContainerState, ServerState
+
+log = logging.getLogger("garden.supervisor")
+
+
+@final
+class Supervisor:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        state: ServerState,
+        journal: Journal,
+        kernel: ContainerKernel,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.journal = journal
+        self.kernel = kernel
+        self.reaper = GraceReaper(self._expire)
+        self._actors: dict[str, ContainerActor] = {}
+        self._reserved: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+
+    # ----- life cycle -----
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._recover()
+            nursery.start_soon(self.reaper.run)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _recover(self) -> None:
+        """Bring every container of the replayed state back under an actor, after checking it
+        against the kernel; finish or undo what a crash interrupted; sweep what has no owner."""
+        for record in list(self.state.containers.values()):
+            try:
+                await self._recover_one(record)
+            except Exception:
+                # The container stays listed in the phase the log gives it; a DELETE retries
+                # the kernel work. Never refuse to start because of one container.
+                log.exception("recover-failed handle=%s", record.handle)
+                if record.handle not in self._actors:
+                    await self._start_actor(record.handle, "adopt", ev.Origin())
+        owned = {c.container_id for c in self.state.containers.values()}
+        for container_id in await self.kernel.sweep(owned):
+            await self.journal.record(ev.ResourceSwept(kind="container", name=container_id))
+
+    async def _recover_one(self, record: ContainerState) -> None:
+        handle, plan = record.handle, record.plan()
+        if record.phase == "creating":
+            log.warning("recover-undo-create handle=%s", handle)
+            await self.kernel.destroy(plan)
+            await self.journal.record(
+                ev.ContainerCreateFailed(handle=handle, reason="interrupted by a restart")
+            )
+            return
+        if record.phase == "destroying":
+            log.warning("recover-finish-destroy handle=%s", handle)
+            await self.kernel.destroy(plan)
+            await self.journal.record(ev.ContainerDestroyed(handle=handle))
+            return
+        if record.phase == "active":
+            started = record.started()
+            liveness = await self.kernel.probe(plan, started)
+            if liveness == "running" and started is not None:
+                await self.journal.record(
+                    ev.ContainerRestored(
+                        handle=handle, pid=started.pid, pid_start_time=started.pid_start_time
+                    )
+                )
+            else:
+                log.warning("recover-found-stopped handle=%s liveness=%s", handle, liveness)
+                await self.journal.record(ev.ContainerStopped(handle=handle, reason="init-exited"))
+        await self._start_actor(handle, "adopt", ev.Origin())
+
+    async def _start_actor(self, handle: str, mode: str, origin: ev.Origin) -> ContainerActor:
+        assert self._nursery is not None
+        actor = ContainerActor(
+            handle,
+            state=self.state,
+            journal=self.journal,
+            kernel=self.kernel,
+            stop_timeout=self.config.stop_timeout,
+            on_exit=self._actor_exited,
+        )
+        self._actors[handle] = actor
+        try:
+            await self._nursery.start(actor.run, mode, origin)
+        except BaseException:
+            self._actors.pop(handle, None)
+            raise
+        self.reaper.watch(handle, self.state.containers[handle].grace_time)
+        return actor
+
+    def _actor_exited(self, handle: str) -> None:
+        self._actors.pop(handle, None)
+        self.reaper.forget(handle)
+
+    async def _expire(self, handle: str) -> None:
+        actor = self._actors.get(handle)
+        if actor is None:
+            return
+        try:
+            await actor.call(Destroy(reason="grace"))
+        except ContainerNotFoundError:
+            pass
+        except Exception:
+            log.exception("grace-destroy-failed handle=%s", handle)
+
+    # ----- commands -----
+
+    async def create(self, spec: ContainerSpec, origin: ev.Origin) -> str:
+        rootfs = check_spec(spec, self.config)
+        handle = spec.handle or secrets.token_hex(8)
+        if handle in self.state.containers or handle in self._reserved:
+            raise HandleInUseError(handle)
+        if len(self.state.containers) + len(self._reserved) >= self.config.max_containers:
+            raise CapacityExhaustedError(
+                f"the server holds its maximum of {self.config.max_containers} containers"
+            )
+        self._reserved.add(handle)
+        try:
+            container_id = secrets.token_hex(8)
+            grace = (
+                spec.grace_time if spec.grace_time is not None else self.config.default_grace_time
+            )
+            await self.journal.record(
+                ev.ContainerCreateStarted(
+                    handle=handle,
+                    container_id=container_id,
+                    spec=spec,
+                    rootfs=rootfs,
+                    container_path=os.path.join(self.config.state_dir, "containers", container_id),
+                    cgroup_path=f"{self.config.cgroup_parent}/{container_id}",
+                    uid_base=None if spec.privileged else self.config.uid_base,
+                    grace_time=grace,
+                    env=list(spec.env),
+                ),
+                origin=origin,
+            )
+            with trio.CancelScope(shield=True):
+                await self._start_actor(handle, "create", origin)
+        finally:
+            self._reserved.discard(handle)
+        return handle
+
+    async def send(self, handle: str, command: AnyCommand) -> object:
+        self.touch(handle)
+        return await self.actor(handle).call(command)
+
+    async def destroy(self, handle: str, origin: ev.Origin) -> None:
+        await self.send(handle, Destroy(origin=origin))
+
+    async def stop(self, handle: str, kill: bool, origin: ev.Origin) -> None:
+        await self.send(handle, Stop(kill=kill, origin=origin))
+
+    async def set_property(self, handle: str, key: str, value: str, origin: ev.Origin) -> None:
+        check_property(key, value)
+        await self.send(handle, SetProperty(key=key, value=value, origin=origin))
+
+    async def delete_property(self, handle: str, key: str, origin: ev.Origin) -> None:
+        self.get_property(handle, key)
+        await self.send(handle, DeleteProperty(key=key, origin=origin))
+
+    async def set_grace_time(self, handle: str, grace_time: float, origin: ev.Origin) -> None:
+        if grace_time < 0 or grace_time != grace_time:
+            raise InvalidRequestError("grace_time must be a number of seconds >= 0")
+        await self.send(handle, SetGraceTime(grace_time=grace_time, origin=origin))
+        self.reaper.watch(handle, grace_time)
+
+    # ----- reads -----
+
+    def actor(self, handle: str) -> ContainerActor:
+        actor = self._actors.get(handle)
+        if actor is None:
+            check_handle(handle)
+            raise ContainerNotFoundError(handle)
+        return actor
+
+    def touch(self, handle: str) -> None:
+        self.reaper.touch(handle)
+
+    def container(self, handle: str) -> ContainerState:
+        record = self.state.containers.get(handle)
+        if record is None or handle not in self._actors:
+            check_handle(handle)
+            raise ContainerNotFoundError(handle)
+        self.touch(handle)
+        return record
+
+    def handles(self, filters: dict[str, str]) -> list[str]:
+        return [
+            c.handle
+            for c in self.state.containers.values()
+            if c.handle in self._actors
+            and c.phase != "destroying"
+            and all(c.properties.get(k) == v for k, v in filters.items())
+        ]
+
+    def info(self, handle: str) -> ContainerInfo:
+        c = self.container(handle)
+        return ContainerInfo(
+            state="stopped" if c.phase == "stopped" else "active",
+            events=list(c.events),
+            host_ip="",
+            container_ip="",
+            container_path=c.container_path,
+            process_ids=[],
+            properties=dict(c.properties),
+            mapped_ports=[],
+            grace_time=c.grace_time,
+        )
+
+    def get_property(self, handle: str, key: str) -> str:
+        props = self.container(handle).properties
+        if key not in props:
+            raise PropertyNotFoundError(f"unknown property: {key}", handle=handle)
+        return props[key]
+
+    def capacity(self) -> Capacity:
+        stat = os.statvfs(self.config.state_dir)
+        return Capacity(
+            memory_in_bytes=_memory_total(),
+            disk_in_bytes=stat.f_bavail * stat.f_frsize,
+            max_containers=max(0, self.config.max_containers - len(self.state.containers)),
+        )
+
+
+def _memory_total() -> int:
+    with open("/proc/meminfo", "rb") as f:
+        for line in f:
+            if line.startswith(b"MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0

@@ -1,0 +1,86 @@
+"""Server configuration: one frozen struct, built from the command line by `garden.cli`."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal, final
+
+import msgspec
+
+DEFAULT_ROOTFS = "/usr/local/lib/garden/rootfs"
+DEFAULT_STATE_DIR = "/var/lib/garden"
+# Host uid/gid of root in every unprivileged container: one shared 65536-wide range, far above
+# the ranges that /etc/subuid hands to users (see docs/security.md).
+DEFAULT_UID_BASE = 1_000_000_000
+TAG_RE = re.compile(r"[a-z][a-z0-9]{0,7}")
+
+
+@final
+class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
+    state_dir: str = DEFAULT_STATE_DIR
+    bind_ip: str = "127.0.0.1"
+    bind_port: int = 7777
+    bind_socket: str | None = None
+    network_pool: str = "10.254.0.0/22"
+    port_pool_start: int = 61001
+    port_pool_size: int = 4000
+    deny_networks: tuple[str, ...] = ()
+    default_grace_time: float = 0.0
+    max_containers: int = 1024
+    default_rootfs: str = DEFAULT_ROOTFS
+    runtime: Literal["auto", "runc", "crun"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Prefix of every kernel resource this server makes (cgroup parent, later bridges, veths,
+    # nft table). Tests give each server its own, so they never touch a running server's.
+    tag: str = "garden"
+    uid_base: int = DEFAULT_UID_BASE
+    stop_timeout: float = 10.0
+    # When False (tests, benchmarks) SIGTERM/SIGINT are not hooked.
+    handle_signals: bool = True
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    @property
+    def cgroup_parent(self) -> str:
+        return f"/{self.tag}"
+
+
+class ConfigError(ValueError):
+    """A flag value that cannot work; the message says which and why."""
+
+
+def validate(config: ServerConfig) -> ServerConfig:
+    try:
+        ipaddress.ip_address(config.bind_ip)
+    except ValueError as exc:
+        raise ConfigError(f"--bind-ip: {exc}") from exc
+    if not 0 <= config.bind_port <= 65535:
+        raise ConfigError(f"--bind-port: {config.bind_port} is not a TCP port")
+    try:
+        pool = ipaddress.ip_network(config.network_pool, strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"--network-pool: {exc}") from exc
+    if pool.version != 4 or pool.prefixlen > 30:
+        raise ConfigError("--network-pool: must be an IPv4 network of /30 or larger")
+    for net in config.deny_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"--deny-network: {exc}") from exc
+    if not 1 <= config.port_pool_start <= 65535 or config.port_pool_size < 0:
+        raise ConfigError("--port-pool-start/--port-pool-size: out of range")
+    if config.port_pool_start + config.port_pool_size - 1 > 65535:
+        raise ConfigError("--port-pool-start + --port-pool-size runs past port 65535")
+    if config.default_grace_time < 0:
+        raise ConfigError("--default-grace-time: must be >= 0 (0 means never)")
+    if config.max_containers < 0:
+        raise ConfigError("--max-containers: must be >= 0")
+    if not TAG_RE.fullmatch(config.tag):
+        raise ConfigError("--tag: 1-8 characters of [a-z0-9], starting with a letter")
+    if not 1 <= config.uid_base <= 2**32 - 2 - 65536:
+        raise ConfigError("--uid-base: out of range")
+    return config

@@ -1,0 +1,145 @@
+"""The server's state as the event log defines it, and `evolve`, the one way it changes.
+
+Replay at start-up and the live path both call `evolve(state, record)` for every record in
+sequence order, so the state after a restart is the state before it. `evolve` touches nothing
+but the `ServerState` it is given: no I/O, no clock, no randomness. Container records are frozen;
+`evolve` replaces them rather than editing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal, final
+
+import msgspec
+
+from garden.api import ContainerSpec
+from garden.events import schema as ev
+from garden.linux.plan import ContainerPlan, MountPlan, Started
+
+Phase = Literal["creating", "active", "stopped", "destroying"]
+
+
+@final
+class ContainerState(msgspec.Struct, frozen=True, kw_only=True):
+    handle: str
+    container_id: str
+    spec: ContainerSpec
+    rootfs: str
+    container_path: str
+    cgroup_path: str
+    uid_base: int | None
+    env: list[str]
+    grace_time: float
+    phase: Phase = "creating"
+    properties: dict[str, str] = {}
+    events: list[str] = []
+    pid: int = 0
+    pid_start_time: int = 0
+    created_seq: int = 0
+
+    def plan(self) -> ContainerPlan:
+        """The kernel-side facts needed to build, find or tear down this container."""
+        rootfs_dir = f"{self.container_path}/rootfs"
+        mounts = []
+        for bm in self.spec.bind_mounts:
+            source = bm.src_path
+            if bm.origin == "Container":
+                source = f"{rootfs_dir}/{bm.src_path.lstrip('/')}"
+            mounts.append(
+                MountPlan(
+                    source=source,
+                    destination=bm.dst_path,
+                    read_only=bm.mode == "RO",
+                    origin=bm.origin,
+                )
+            )
+        return ContainerPlan(
+            handle=self.handle,
+            container_id=self.container_id,
+            container_path=self.container_path,
+            rootfs=self.rootfs,
+            hostname=self.handle[-63:],
+            env=list(self.env),
+            bind_mounts=mounts,
+            uid_base=self.uid_base,
+            cgroup_path=self.cgroup_path,
+        )
+
+    def started(self) -> Started | None:
+        if not self.pid:
+            return None
+        return Started(pid=self.pid, pid_start_time=self.pid_start_time)
+
+
+@final
+class ServerState:
+    """Every container the log knows, by handle, and the last sequence number applied."""
+
+    __slots__ = ("containers", "last_seq")
+
+    def __init__(self) -> None:
+        self.containers: dict[str, ContainerState] = {}
+        self.last_seq = 0
+
+
+def evolve(state: ServerState, record: ev.Record) -> None:
+    """Apply one record. Records about unknown handles change nothing (`garden events verify`
+    reports them)."""
+    state.last_seq = record.seq
+    event = record.event
+    containers = state.containers
+    match event:
+        case ev.ContainerCreateStarted():
+            containers[event.handle] = ContainerState(
+                handle=event.handle,
+                container_id=event.container_id,
+                spec=event.spec,
+                rootfs=event.rootfs,
+                container_path=event.container_path,
+                cgroup_path=event.cgroup_path,
+                uid_base=event.uid_base,
+                env=event.env,
+                grace_time=event.grace_time,
+                properties=event.spec.property_dict(),
+                created_seq=record.seq,
+            )
+        case ev.ContainerCreateFailed() | ev.ContainerDestroyed():
+            containers.pop(event.handle, None)
+        case ev.ServerStarted() | ev.ResourceSwept():
+            pass
+        case _:
+            current = containers.get(event.handle)
+            if current is not None:
+                containers[event.handle] = _evolve_container(current, event)
+
+
+def _evolve_container(c: ContainerState, event: ev.AnyEvent) -> ContainerState:
+    replace = msgspec.structs.replace
+    match event:
+        case ev.ContainerCreated() | ev.ContainerRestored():
+            return replace(c, phase="active", pid=event.pid, pid_start_time=event.pid_start_time)
+        case ev.PropertySet():
+            return replace(c, properties={**c.properties, event.key: event.value})
+        case ev.PropertyDeleted():
+            props = dict(c.properties)
+            props.pop(event.key, None)
+            return replace(c, properties=props)
+        case ev.GraceTimeSet():
+            return replace(c, grace_time=event.grace_time)
+        case ev.ContainerStopped():
+            events = c.events
+            if event.reason == "oom" and "oom" not in events:
+                events = [*events, "oom"]
+            return replace(c, phase="stopped", events=events)
+        case ev.ContainerDestroyStarted():
+            return replace(c, phase="destroying")
+    return c
+
+
+def replay(records: Iterable[ev.Record]) -> ServerState:
+    """Build a state from an iterable of records (the log, or a snapshot's tail)."""
+    state = ServerState()
+    for record in records:
+        evolve(state, record)
+    return state

@@ -1,0 +1,127 @@
+"""cgroup v1: one hierarchy per controller (or co-mounted group) under the root, plus, on hybrid
+hosts, the controller-less cgroup2 `unified` mount, which runc also populates.
+
+Every directory under the root that holds a `cgroup.procs` file is a hierarchy; symlinked
+aliases ("cpu,cpuacct" → "cpu") are visited once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import trio
+
+from garden.errors import CgroupError
+from garden.linux.cgroups.base import read_pids, rmdir_tree, split_path, subdirs
+
+_PREFERRED_FOR_PIDS = ("pids", "memory", "freezer", "cpu", "systemd")
+
+
+class CgroupsV1:
+    version = 1
+
+    def __init__(self, root: str | Path = "/sys/fs/cgroup") -> None:
+        self.root = Path(root)
+
+    def hierarchies(self) -> list[Path]:
+        """Mount points of the hierarchies, each once, sorted by name."""
+        seen: set[str] = set()
+        out: list[Path] = []
+        for name in subdirs(self.root) + self._symlinked():
+            p = self.root / name
+            real = os.path.realpath(p)
+            if real in seen or not (p / "cgroup.procs").exists():
+                continue
+            seen.add(real)
+            out.append(p)
+        return out
+
+    def _symlinked(self) -> list[str]:
+        try:
+            with os.scandir(self.root) as it:
+                return sorted(e.name for e in it if e.is_symlink())
+        except FileNotFoundError:
+            return []
+
+    def host_path(self, controller: str, path: str) -> Path | None:
+        rel = split_path(path)
+        for h in self.hierarchies():
+            if controller in h.name.split(",") or h.name == controller:
+                return h / rel
+        return None
+
+    async def ensure_parent(self, parent: str) -> None:
+        rel = split_path(parent)
+        try:
+            for h in self.hierarchies():
+                if "cpuset" in h.name.split(","):
+                    _mkdir_cpuset(h, rel)
+                else:
+                    (h / rel).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CgroupError(f"create cgroup parent {parent}", e) from e
+        await trio.lowlevel.checkpoint()
+
+    async def remove(self, path: str, *, timeout: float = 2.0) -> None:
+        rel = split_path(path)
+        deadline = trio.current_time() + timeout
+        for h in self.hierarchies():
+            await rmdir_tree(h / rel, deadline)
+        await trio.lowlevel.checkpoint()
+
+    async def remove_parent_if_empty(self, parent: str) -> bool:
+        rel = split_path(parent)
+        gone = True
+        for h in self.hierarchies():
+            try:
+                os.rmdir(h / rel)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EBUSY):
+                    raise CgroupError(f"rmdir {h / rel}", e) from e
+                gone = False
+        await trio.lowlevel.checkpoint()
+        return gone
+
+    def exists(self, path: str) -> bool:
+        rel = split_path(path)
+        return any((h / rel).is_dir() for h in self.hierarchies())
+
+    def pids(self, path: str) -> list[int]:
+        rel = split_path(path)
+        by_name = {h.name: h for h in self.hierarchies()}
+        for name in _PREFERRED_FOR_PIDS:
+            if name in by_name:
+                return read_pids(by_name[name] / rel / "cgroup.procs")
+        hs = self.hierarchies()
+        return read_pids(hs[0] / rel / "cgroup.procs") if hs else []
+
+    def children(self, parent: str) -> list[str]:
+        rel = split_path(parent)
+        names: set[str] = set()
+        for h in self.hierarchies():
+            names.update(subdirs(h / rel))
+        return [f"/{rel}/{n}" for n in sorted(names)]
+
+
+def _mkdir_cpuset(h: Path, rel: str) -> None:
+    """mkdir each level, copying cpuset.cpus/mems from the level above when empty: a v1 cpuset
+    cgroup with empty cpus/mems cannot take processes."""
+    cur = h
+    for part in rel.split("/"):
+        parent, cur = cur, cur / part
+        try:
+            cur.mkdir()
+        except FileExistsError:
+            pass
+        for f in ("cpuset.cpus", "cpuset.mems"):
+            mine = cur / f
+            try:
+                if mine.read_text().strip():
+                    continue
+                mine.write_text((parent / f).read_text())
+            except FileNotFoundError:
+                continue

@@ -1,0 +1,292 @@
+"""`LinuxContainers`: the real `ContainerKernel` (create, destroy, stop, probe, wait_exit),
+composed of rootfs (overlay), oci (config.json), cgroups and runtime (runc/crun), plus finding
+and releasing what a crash left behind.
+
+Layout: the bundle is the container's own directory (`plan.container_path`, by convention
+`<state_dir>/containers/<container_id>`): config.json, upper/, work/, rootfs/ (the overlay),
+init.pid, started.json and the runtime's stderr. The container's cgroup is `plan.cgroup_path`
+(by convention `<cgroup_parent>/<container_id>`), created by the runtime below the parent that
+we create.
+
+Stop signals every process in the container's cgroup except its init (catatonit), which stays,
+so the container keeps its namespaces and its files can still be read and written; destroy
+kills the init, which takes the whole pid namespace with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import posixpath
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Literal, final
+
+import msgspec
+import trio
+
+from garden.errors import GardenError, KernelError
+from garden.linux import oci
+from garden.linux.cgroups import Cgroups
+from garden.linux.plan import ContainerPlan, Started
+from garden.linux.proc import (
+    capability_bounding_mask,
+    is_running,
+    is_same_process,
+    kill_and_wait,
+    pid_start_time,
+    signal_and_wait_all,
+    wait_pid_exit,
+)
+from garden.linux.rootfs import (
+    mount_overlay,
+    mounts_under,
+    prepare_lower,
+    remove_tree,
+    unmount_overlay,
+)
+from garden.linux.runtime import Runtime
+
+Liveness = Literal["running", "stopped", "gone"]
+
+log = logging.getLogger("garden.linux")
+
+STARTED_FILE = "started.json"
+_KILL_GRACE = 10.0  # how long SIGKILLed processes may take to go before we give up
+
+
+class Leftovers(msgspec.Struct, frozen=True, kw_only=True):
+    """Kernel resources found under our names, by container id."""
+
+    runtime_ids: list[str]  # containers the runtime has state for under our --root
+    cgroup_ids: list[str]  # children of our cgroup parent
+    mount_ids: list[str]  # overlay mounts under <state_dir>/containers
+    dir_ids: list[str]  # directories under <state_dir>/containers
+
+    def container_ids(self) -> set[str]:
+        return {*self.runtime_ids, *self.cgroup_ids, *self.mount_ids, *self.dir_ids}
+
+
+@final
+class LinuxContainers:
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        runtime: Runtime,
+        cgroups: Cgroups,
+        cache_dir: Path | None = None,
+        cgroup_parent: str = "/garden",
+        init_path: str = "/usr/bin/catatonit",
+        cleanup_timeout: float = 10.0,
+        use_run: bool = True,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.containers_dir = self.state_dir / "containers"
+        self.cache_dir = cache_dir if cache_dir is not None else self.state_dir / "lower-cache"
+        self.runtime = runtime
+        self.cgroups = cgroups
+        self.cgroup_parent = "/" + cgroup_parent.strip("/")
+        self.init_path = init_path
+        self.cleanup_timeout = cleanup_timeout
+        self.use_run = use_run  # `run -d` (one runtime call) instead of `create` + `start`
+        self._parents_ready: set[str] = set()
+        self._allowed_caps = oci.caps_from_mask(capability_bounding_mask())
+
+    # -- naming conventions (used to find leftovers without a plan) -------------------------
+
+    def container_path_for(self, container_id: str) -> Path:
+        return self.containers_dir / container_id
+
+    def cgroup_path_for(self, container_id: str) -> str:
+        return f"{self.cgroup_parent}/{container_id}"
+
+    # -- ContainerKernel ------------------------------------------------------------------------
+
+    async def create(self, plan: ContainerPlan) -> Started:
+        cpath = Path(plan.container_path)
+        cid = plan.container_id
+        async with contextlib.AsyncExitStack() as undo:
+            lower = await prepare_lower(Path(plan.rootfs), plan.uid_base, self.cache_dir)
+            self._make_container_dir(cpath)
+            undo.push_async_callback(self._undo, "remove dir", remove_tree, cpath)
+            undo.push_async_callback(self._undo, "unmount", unmount_overlay, cpath)
+            await mount_overlay(lower, cpath, plan.uid_base)
+            spec = oci.container_spec(
+                plan, init_path=self.init_path, allowed_caps=self._allowed_caps
+            )
+            self._write(cpath / "config.json", json.dumps(spec).encode())
+            await self._ensure_parent(posixpath.dirname(plan.cgroup_path.rstrip("/")))
+            undo.push_async_callback(
+                self._undo, "release runtime", self._release_runtime, cid, cpath, plan.cgroup_path
+            )
+            if self.use_run:
+                pid = await self.runtime.run(cid, cpath)
+            else:
+                pid = await self.runtime.create(cid, cpath)
+                await self.runtime.start(cid)
+            start_time = pid_start_time(pid)
+            if start_time is None:
+                raise KernelError(f"start container {cid}", "its init exited at once")
+            started = Started(pid=pid, pid_start_time=start_time)
+            self._write(cpath / STARTED_FILE, msgspec.json.encode(started))
+            undo.pop_all()
+            return started
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def destroy(self, plan: ContainerPlan) -> None:
+        await self._release(plan.container_id, Path(plan.container_path), plan.cgroup_path)
+
+    async def stop(self, plan: ContainerPlan, *, kill: bool, timeout: float) -> None:
+        init = await self._init_of(plan.container_id, Path(plan.container_path))
+        init_pid = init.pid if init is not None else -1
+        sig = signal.SIGKILL if kill else signal.SIGTERM
+        term_deadline = trio.current_time() + timeout
+        hard_deadline = term_deadline + _KILL_GRACE
+        while True:
+            others = [p for p in self.cgroups.pids(plan.cgroup_path) if p != init_pid]
+            if not others:
+                return
+            now = trio.current_time()
+            if now >= hard_deadline:
+                raise KernelError(f"stop {plan.container_id}", f"processes remain: {others}")
+            if sig == signal.SIGTERM and now >= term_deadline:
+                sig = signal.SIGKILL
+            deadline = term_deadline if sig == signal.SIGTERM else hard_deadline
+            with trio.move_on_at(deadline):
+                await signal_and_wait_all(others, sig)
+
+    async def probe(self, plan: ContainerPlan, started: Started | None) -> Liveness:
+        cid = plan.container_id
+        if started is None or is_running(started.pid, started.pid_start_time):
+            state = await self.runtime.state(cid) or {}
+            expected_pid = state.get("pid") if started is None else started.pid
+            if state.get("status") == "running" and state.get("pid") == expected_pid:
+                return "running"
+        if self._has_resources(cid, plan):
+            return "stopped"
+        return "gone"
+
+    async def wait_exit(self, started: Started) -> None:
+        await wait_pid_exit(started.pid, started.pid_start_time)
+
+    def _has_resources(self, cid: str, plan: ContainerPlan) -> bool:
+        return (
+            self.runtime.knows(cid)
+            or Path(plan.container_path).exists()
+            or self.cgroups.exists(plan.cgroup_path)
+        )
+
+    # -- leftovers after a crash ------------------------------------------------------------------
+
+    async def list_leftovers(self) -> Leftovers:
+        """Everything under our names: the caller releases the ids that no actor owns."""
+        prefix = str(self.containers_dir) + "/"
+        mounts = await trio.to_thread.run_sync(mounts_under, self.containers_dir)
+        mount_ids = sorted({str(m)[len(prefix) :].split("/")[0] for m in mounts})
+        try:
+            dir_ids = sorted(e.name for e in os.scandir(self.containers_dir) if e.is_dir())
+        except FileNotFoundError:
+            dir_ids = []
+        cgroup_ids = [posixpath.basename(c) for c in self.cgroups.children(self.cgroup_parent)]
+        return Leftovers(
+            runtime_ids=self.runtime.container_ids(),
+            cgroup_ids=cgroup_ids,
+            mount_ids=[m for m in mount_ids if m and not m.startswith("/")],
+            dir_ids=dir_ids,
+        )
+
+    async def release_leftover(self, container_id: str) -> None:
+        """Release everything of `container_id` found by the naming conventions; idempotent."""
+        await self._release(
+            container_id, self.container_path_for(container_id), self.cgroup_path_for(container_id)
+        )
+
+    async def sweep(self, owned: set[str]) -> list[str]:
+        """Release the leftovers of every container id not in `owned`; return those ids."""
+        found = (await self.list_leftovers()).container_ids() - owned
+        for container_id in sorted(found):
+            log.warning("sweep-release container_id=%s", container_id)
+            await self.release_leftover(container_id)
+        return sorted(found)
+
+    async def remove_cgroup_parent_if_empty(self) -> bool:
+        self._parents_ready.discard(self.cgroup_parent)
+        return await self.cgroups.remove_parent_if_empty(self.cgroup_parent)
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    async def _release(self, cid: str, cpath: Path, cgroup_path: str) -> None:
+        await self._release_runtime(cid, cpath, cgroup_path)
+        await unmount_overlay(cpath)
+        await remove_tree(cpath)
+
+    async def _release_runtime(self, cid: str, cpath: Path, cgroup_path: str) -> None:
+        """Kill the init (the kernel then kills its pid namespace), kill any straggler left in
+        the cgroup, delete the runtime state (no --force: it sleeps 100 ms), remove the cgroup."""
+        with trio.move_on_after(_KILL_GRACE) as scope:
+            init = await self._init_of(cid, cpath)
+            if init is not None:
+                await kill_and_wait(init.pid, init.pid_start_time)
+            stragglers = self.cgroups.pids(cgroup_path)
+            if stragglers:
+                await signal_and_wait_all(stragglers, signal.SIGKILL)
+        if scope.cancelled_caught:
+            raise KernelError(
+                f"kill container {cid}", f"processes still alive after {_KILL_GRACE}s"
+            )
+        await self.runtime.delete(cid)
+        await self.cgroups.remove(cgroup_path)
+
+    async def _init_of(self, cid: str, cpath: Path) -> Started | None:
+        """The container's init as recorded at start, else as the runtime reports it."""
+        try:
+            started = msgspec.json.decode((cpath / STARTED_FILE).read_bytes(), type=Started)
+            if is_same_process(started.pid, started.pid_start_time):
+                return started
+        except (OSError, msgspec.DecodeError):
+            pass
+        state = await self.runtime.state(cid)
+        pid = int(state.get("pid") or 0) if state else 0
+        if pid <= 0 or state is None or state.get("status") == "stopped":
+            return None
+        start_time = pid_start_time(pid)
+        return Started(pid=pid, pid_start_time=start_time) if start_time is not None else None
+
+    async def _ensure_parent(self, parent: str) -> None:
+        if parent in self._parents_ready or parent in ("", "/"):
+            return
+        await self.cgroups.ensure_parent(parent)
+        self._parents_ready.add(parent)
+
+    def _make_container_dir(self, cpath: Path) -> None:
+        try:
+            self.containers_dir.mkdir(parents=True, exist_ok=True)
+            # The user namespace's root must be able to reach rootfs/ inside the bundle.
+            os.chmod(self.containers_dir, 0o711)
+            cpath.mkdir(mode=0o711)
+            os.chmod(cpath, 0o711)
+        except OSError as e:
+            raise KernelError(f"create container dir {cpath}", e) from e
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        try:
+            path.write_bytes(data)
+        except OSError as e:
+            raise KernelError(f"write {path}", e) from e
+
+    async def _undo(self, what: str, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """One undo step of a failed create: shielded from cancellation, bounded in time; its
+        own failure is logged so the create's original error is the one that propagates."""
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.cleanup_timeout
+            try:
+                await fn(*args)
+            except (GardenError, OSError) as e:
+                log.warning("create-undo-failed step=%s args=%s error=%s", what, args, e)
+        if scope.cancelled_caught:
+            log.warning("create-undo-timed-out step=%s args=%s", what, args)

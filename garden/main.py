@@ -1,0 +1,130 @@
+"""Wiring: the event log, replay, the kernel side, the supervisor and the HTTP server, in one
+nursery, with a graceful shutdown that leaves containers running."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import hypercorn.trio
+import trio
+from hypercorn.config import Config as HypercornConfig
+
+from garden import __version__
+from garden.actors.ports import ContainerKernel
+from garden.actors.supervisor import Supervisor
+from garden.config import ServerConfig
+from garden.events.journal import Journal
+from garden.events.log import EventLog
+from garden.events.schema import ServerStarted
+from garden.events.state import ServerState, evolve
+from garden.http.app import asgi_with_close_fix, create_app
+from garden.linux.cgroups import detect
+from garden.linux.containers import LinuxContainers
+from garden.linux.runtime import probe_runtime
+
+log = logging.getLogger("garden.main")
+
+SHUTDOWN_GRACE = 10.0
+
+
+def open_log(config: ServerConfig) -> tuple[EventLog, ServerState]:
+    """Open the event log and replay it into a fresh state."""
+    state_dir = config.state_path
+    # 0711: the mapped root of unprivileged containers must traverse it to reach its bundle.
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    event_log = EventLog.open(state_dir / "events.log")
+    state = ServerState()
+    for record in event_log.records():
+        evolve(state, record)
+    return event_log, state
+
+
+async def build_kernel(config: ServerConfig) -> LinuxContainers:
+    state_dir = config.state_path
+    runtime = await probe_runtime(config.runtime, root=state_dir / "runtime")
+    return LinuxContainers(
+        state_dir=state_dir,
+        runtime=runtime,
+        cgroups=detect(),
+        cache_dir=state_dir / "rootfs-cache",
+        cgroup_parent=config.cgroup_parent,
+    )
+
+
+def hypercorn_config(config: ServerConfig) -> HypercornConfig:
+    hc = HypercornConfig()
+    binds = []
+    if config.bind_port or not config.bind_socket:
+        binds.append(f"{config.bind_ip}:{config.bind_port}")
+    if config.bind_socket:
+        sock = Path(config.bind_socket)
+        if sock.is_socket():
+            sock.unlink()
+        binds.append(f"unix:{config.bind_socket}")
+    hc.bind = binds
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = 5.0
+    hc.keep_alive_timeout = 75.0
+    return hc
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    kernel: ContainerKernel | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the server until SIGTERM/SIGINT (or until cancelled). Containers keep running.
+    `kernel` replaces the real one in unit tests."""
+    event_log, state = open_log(config)
+    log.info("replayed records=%d containers=%d", state.last_seq, len(state.containers))
+    if kernel is None:
+        kernel = await build_kernel(config)
+    journal = Journal(event_log, lambda record: evolve(state, record))
+    shutdown = trio.Event()
+    try:
+        async with trio.open_nursery() as outer:
+            await outer.start(journal.run)
+            await journal.record(ServerStarted(version=__version__, pid=os.getpid()))
+            async with trio.open_nursery() as inner:
+                supervisor = Supervisor(config, state=state, journal=journal, kernel=kernel)
+                await inner.start(supervisor.run)
+                app = asgi_with_close_fix(create_app(supervisor))
+                served = trio.Event()
+
+                async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+                    try:
+                        await hypercorn.trio.serve(
+                            app,
+                            hypercorn_config(config),
+                            shutdown_trigger=shutdown.wait,
+                            task_status=task_status,
+                        )
+                    finally:
+                        served.set()
+
+                binds: list[str] = await inner.start(run_http)
+                if config.bind_socket:
+                    os.chmod(config.bind_socket, 0o660)
+                log.info("serving binds=%s", binds)
+                task_status.started(binds)
+                if config.handle_signals:
+                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                        async for signum in signals:
+                            log.info("shutdown-requested signal=%s", signal.Signals(signum).name)
+                            break
+                    shutdown.set()
+                    # Let in-flight requests finish, then stop the actors: containers stay.
+                    with trio.move_on_after(SHUTDOWN_GRACE):
+                        await served.wait()
+                    inner.cancel_scope.cancel()
+                else:
+                    await trio.sleep_forever()
+            outer.cancel_scope.cancel()
+    finally:
+        event_log.close()
+        log.info("stopped")

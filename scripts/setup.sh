@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Sets up everything garden-trio needs on a Debian/Ubuntu machine, as root:
+#   1. the Debian packages the server and its tests use,
+#   2. a virtualenv in <repo>/.venv with the project installed editable, with its dev tools,
+#   3. the default rootfs (busybox) in /usr/local/lib/garden/rootfs.
+# Every step checks first and does nothing when its work is already done, so a second run takes
+# about a second. Safe to run concurrently (a lock serialises runs).
+#
+# Usage: scripts/setup.sh [--rebuild-rootfs] [--help]
+# Environment:
+#   PYTHON             the interpreter for a new .venv (default: python3 on PATH, else /usr/bin/python3)
+#   GARDEN_ROOTFS_DIR  where to build the default rootfs (default: /usr/local/lib/garden/rootfs)
+set -euo pipefail
+
+# Bump when the rootfs contents below change: every machine then rebuilds it on its next setup.
+readonly ROOTFS_VERSION=1
+readonly ROOTFS_STAMP_NAME=.garden-rootfs-version
+
+readonly PACKAGES=(
+  runc crun conmon catatonit        # OCI runtimes, per-process monitor, init for PID 1
+  nftables iptables iproute2        # container networking
+  busybox-static                    # the default rootfs
+  e2fsprogs util-linux              # loop-image disk limits (mkfs.ext4, losetup, mount)
+  python3 python3-venv python3-dev  # the server itself
+  git ca-certificates procps
+)
+
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+readonly REPO_DIR
+readonly VENV_DIR="$REPO_DIR/.venv"
+readonly VENV_STAMP="$VENV_DIR/.garden-setup-stamp"
+readonly ROOTFS_DIR="${GARDEN_ROOTFS_DIR:-/usr/local/lib/garden/rootfs}"
+readonly MIN_PYTHON=(3 11)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+  sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+}
+
+REBUILD_ROOTFS=0
+for arg in "$@"; do
+  case "$arg" in
+    --rebuild-rootfs) REBUILD_ROOTFS=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $arg" ;;
+  esac
+done
+
+if [[ $(id -u) -ne 0 ]]; then
+  die "must run as root (it installs Debian packages and writes $ROOTFS_DIR); try: sudo $0"
+fi
+
+umask 022
+export DEBIAN_FRONTEND=noninteractive
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# One setup at a time: scripts/serve and scripts/test may both start one.
+lock_dir=/run/lock
+[[ -d $lock_dir ]] || lock_dir=/tmp
+if command -v flock >/dev/null; then
+  exec 9>"$lock_dir/garden-trio-setup.lock"
+  if ! flock -n 9; then
+    log "waiting for another setup to finish..."
+    flock 9
+  fi
+fi
+
+# --- 1. Debian packages --------------------------------------------------------------------------
+
+missing_packages() {
+  # dpkg-query prints one line per known package and complains on stderr about unknown ones.
+  local installed
+  installed=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${PACKAGES[@]}" 2>/dev/null \
+    | awk '$2 == "installed" { print $1 }' || true)
+  local pkg
+  for pkg in "${PACKAGES[@]}"; do
+    grep -qxF "$pkg" <<<"$installed" || printf '%s\n' "$pkg"
+  done
+}
+
+install_packages() {
+  command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian and Ubuntu"
+  local missing
+  mapfile -t missing < <(missing_packages)
+  if ((${#missing[@]} == 0)); then
+    log "packages: all ${#PACKAGES[@]} present"
+    return
+  fi
+  log "packages: installing ${missing[*]}"
+  apt-get update -q </dev/null >&2
+  apt-get install -y -q --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${missing[@]}" </dev/null >&2
+  mapfile -t missing < <(missing_packages)
+  ((${#missing[@]} == 0)) || die "packages still missing after apt-get install: ${missing[*]}"
+}
+
+# --- 2. Python virtualenv ------------------------------------------------------------------------
+
+# Prints the interpreter's "major minor" if it is new enough and can create venvs; fails otherwise.
+python_ok() {
+  "$1" - "${MIN_PYTHON[@]}" <<'EOF' 2>/dev/null
+import sys
+import ensurepip, venv  # noqa: F401  (Debian needs python3-venv for these)
+if sys.version_info[:2] < (int(sys.argv[1]), int(sys.argv[2])):
+    sys.exit(1)
+print(sys.version.split()[0])
+EOF
+}
+
+pick_python() {
+  local candidate
+  for candidate in ${PYTHON:+"$PYTHON"} python3 /usr/bin/python3; do
+    command -v "$candidate" >/dev/null || continue
+    if python_ok "$candidate" >/dev/null; then
+      command -v "$candidate"
+      return
+    fi
+    log "python: skipping $candidate (needs >= ${MIN_PYTHON[0]}.${MIN_PYTHON[1]} with venv)"
+  done
+  die "no python3 >= ${MIN_PYTHON[0]}.${MIN_PYTHON[1]} with the venv module found"
+}
+
+setup_venv() {
+  if [[ -e $VENV_DIR ]] && ! python_ok "$VENV_DIR/bin/python" >/dev/null; then
+    log "venv: $VENV_DIR is broken or too old; recreating it"
+    rm -rf "$VENV_DIR"
+  fi
+  if [[ ! -e $VENV_DIR ]]; then
+    local python
+    python=$(pick_python)
+    log "venv: creating $VENV_DIR with $python ($(python_ok "$python"))"
+    "$python" -m venv "$VENV_DIR"
+  fi
+
+  # Reinstall only when pyproject.toml (or the interpreter, or the repo's place) changed.
+  local want have=
+  want="$(sha256sum <"$REPO_DIR/pyproject.toml" | cut -d' ' -f1) $(python_ok "$VENV_DIR/bin/python") $REPO_DIR"
+  [[ -f $VENV_STAMP ]] && have=$(<"$VENV_STAMP")
+  if [[ $want == "$have" && -x $VENV_DIR/bin/just ]]; then
+    log "venv: up to date ($VENV_DIR)"
+    return
+  fi
+  if [[ -n $have ]]; then
+    log "venv: pip install -e '.[dev]' (pyproject.toml, python or repo path changed)"
+  else
+    log "venv: pip install -e '.[dev]'"
+  fi
+  rm -f "$VENV_STAMP"
+  (cd "$REPO_DIR" && "$VENV_DIR/bin/python" -m pip install -q -e '.[dev]' </dev/null >&2)
+  printf '%s\n' "$want" >"$VENV_STAMP"
+}
+
+# --- 3. Default rootfs ---------------------------------------------------------------------------
+
+rootfs_want_stamp() {
+  local busybox_version
+  busybox_version=$(dpkg-query -W -f='${Version}' busybox-static)
+  printf 'garden-rootfs %s busybox-static %s\n' "$ROOTFS_VERSION" "$busybox_version"
+}
+
+# Fills an empty directory with a busybox rootfs.
+populate_rootfs() {
+  local root=$1 busybox=/bin/busybox applet
+  [[ -x $busybox ]] || die "rootfs: $busybox (from busybox-static) not found"
+
+  chmod 0755 "$root"
+  mkdir -p "$root"/{bin,usr/bin,etc,proc,sys,dev,run,tmp,var/tmp,root,home/vcap}
+  ln -s bin "$root/sbin"
+  ln -s bin "$root/usr/sbin"
+  install -m 0755 "$busybox" "$root/bin/busybox"
+  # Relative links so they resolve the same inside the container and when seen from the host.
+  while read -r applet; do
+    [[ -n $applet && $applet != busybox ]] || continue
+    ln -s busybox "$root/bin/$applet"
+    ln -s ../../bin/busybox "$root/usr/bin/$applet"
+  done < <("$busybox" --list)
+  [[ -L $root/bin/sh ]] || ln -s busybox "$root/bin/sh"
+
+  cat >"$root/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+vcap:x:1000:1000:vcap:/home/vcap:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+  cat >"$root/etc/group" <<'EOF'
+root:x:0:
+vcap:x:1000:
+nogroup:x:65534:
+EOF
+  cat >"$root/etc/hosts" <<'EOF'
+127.0.0.1	localhost
+::1	localhost ip6-localhost ip6-loopback
+EOF
+  : >"$root/etc/resolv.conf"
+  : >"$root/.catatonit" # bind-mount target for the host's catatonit (PID 1)
+  chmod 1777 "$root/tmp" "$root/var/tmp"
+  chmod 0700 "$root/root"
+  chown 1000:1000 "$root/home/vcap"
+}
+
+setup_rootfs() {
+  local want have=
+  want=$(rootfs_want_stamp)
+  [[ -f $ROOTFS_DIR/$ROOTFS_STAMP_NAME ]] && have=$(<"$ROOTFS_DIR/$ROOTFS_STAMP_NAME")
+  if [[ $want == "$have" && $REBUILD_ROOTFS -eq 0 ]]; then
+    log "rootfs: up to date ($ROOTFS_DIR)"
+    return
+  fi
+  log "rootfs: building $ROOTFS_DIR (${want})"
+
+  local parent new old=
+  parent=$(dirname "$ROOTFS_DIR")
+  mkdir -p "$parent"
+  # Build beside the final place (same filesystem), then rename into place.
+  new=$(mktemp -d "$parent/.rootfs-new.XXXXXX")
+  # shellcheck disable=SC2064  # expand now: $new is local
+  trap "rm -rf '$new'" EXIT
+  populate_rootfs "$new"
+  chroot "$new" /bin/sh -c 'id -u >/dev/null' \
+    || die "rootfs: /bin/sh does not run in the new rootfs (is /bin/busybox static?)"
+  printf '%s\n' "$want" >"$new/$ROOTFS_STAMP_NAME"
+
+  if [[ -e $ROOTFS_DIR || -L $ROOTFS_DIR ]]; then
+    old="$parent/.rootfs-old.$(date +%Y%m%d%H%M%S).$$"
+    mv -T "$ROOTFS_DIR" "$old"
+  fi
+  mv -T "$new" "$ROOTFS_DIR"
+  trap - EXIT
+
+  if [[ -n $old ]]; then
+    if [[ ! -e $old/$ROOTFS_STAMP_NAME ]]; then
+      log "rootfs: the previous $ROOTFS_DIR was not built by this script; kept it as $old"
+    elif grep -qF "$ROOTFS_DIR" /proc/self/mountinfo; then
+      log "rootfs: the previous rootfs may be in use by a mount; kept it as $old (remove it later)"
+    else
+      rm -rf "$old"
+    fi
+  fi
+  log "rootfs: built $ROOTFS_DIR ($(du -sh "$ROOTFS_DIR" | cut -f1))"
+}
+
+install_packages
+setup_venv
+setup_rootfs
+log "ready"

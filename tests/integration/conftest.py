@@ -1,0 +1,180 @@
+"""Fixtures for end-to-end tests: a real server (in-process, or as a separate process that a
+test may SIGKILL) over the real kernel, with its own state dir and its own resource tag, and a
+check after every test that nothing of that tag is left in the kernel."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from garden.config import DEFAULT_ROOTFS, ServerConfig
+from garden.linux.cgroups import detect
+from garden.linux.rootfs import mounts_under
+from garden.main import serve
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: namespaces, cgroups and mounts")
+    if shutil.which("runc") is None:
+        pytest.skip("needs runc (scripts/setup.sh installs it)")
+    if not Path(DEFAULT_ROOTFS, "bin", "busybox").exists():
+        pytest.skip(f"needs the default rootfs at {DEFAULT_ROOTFS} (scripts/setup.sh builds it)")
+
+
+# State dirs of test servers live here, not under pytest's tmp dir: the mapped root of
+# unprivileged containers (a high host uid) must traverse every parent of its bundle, and pytest
+# resets its own base dir to 0700 whenever a session starts.
+TEST_ROOT = Path("/var/tmp/garden-tests")
+
+
+@pytest.fixture
+def state_dir() -> Iterator[Path]:
+    TEST_ROOT.mkdir(mode=0o711, exist_ok=True)
+    TEST_ROOT.chmod(0o711)
+    path = TEST_ROOT / secrets.token_hex(4)
+    path.mkdir(mode=0o711)
+    try:
+        yield path / "state"
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def new_tag() -> str:
+    return "t" + secrets.token_hex(3)
+
+
+def leftovers(config: ServerConfig) -> list[str]:
+    """Every kernel resource and file of this server's tag that still exists."""
+    found: list[str] = []
+    cg = detect()
+    found += [f"cgroup {c}" for c in cg.children(config.cgroup_parent)]
+    containers = Path(config.state_dir, "containers")
+    found += [f"mount {m}" for m in mounts_under(containers)]
+    if containers.exists():
+        found += [f"dir {d}" for d in containers.iterdir()]
+    runtime_root = Path(config.state_dir, "runtime")
+    if runtime_root.exists():
+        found += [f"runtime {d.name}" for d in runtime_root.iterdir() if d.is_dir()]
+    return found
+
+
+async def force_cleanup(config: ServerConfig) -> None:
+    """Release whatever a failed test left, so one failure does not leak into the machine."""
+    from garden.main import build_kernel
+
+    kernel = await build_kernel(config)
+    await kernel.sweep(set())
+    await detect().remove(config.cgroup_parent, timeout=5)
+
+
+def make_config(state_dir: Path, **overrides: object) -> ServerConfig:
+    values: dict[str, object] = {
+        "state_dir": str(state_dir),
+        "bind_port": 0,
+        "tag": new_tag(),
+        "handle_signals": False,
+    }
+    values.update(overrides)
+    import msgspec
+
+    return msgspec.convert(values, ServerConfig)
+
+
+class Server:
+    def __init__(self, config: ServerConfig, url: str, client: httpx.AsyncClient) -> None:
+        self.config = config
+        self.url = url
+        self.client = client
+
+
+@pytest.fixture
+async def server(state_dir: Path, nursery: trio.Nursery) -> AsyncIterator[Server]:
+    needs_root()
+    config = make_config(state_dir)
+    binds = await nursery.start(serve, config)
+    try:
+        async with httpx.AsyncClient(base_url=binds[0], timeout=60) as client:
+            yield Server(config, binds[0], client)
+            handles = (await client.get("/containers")).json()["handles"]
+            for handle in handles:
+                r = await client.delete(f"/containers/{handle}")
+                assert r.status_code == 200, r.text
+            nursery.cancel_scope.cancel()
+        assert leftovers(config) == []
+    finally:
+        with trio.CancelScope(shield=True):
+            await force_cleanup(config)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`garden server` as a separate process, so a test can SIGKILL and restart it."""
+
+    def __init__(self, state_dir: Path, tag: str) -> None:
+        self.state_dir = state_dir
+        self.tag = tag
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = state_dir.parent / "server.log"
+        state_dir.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def config(self) -> ServerConfig:
+        return ServerConfig(state_dir=str(self.state_dir), tag=self.tag, bind_port=self.port)
+
+    def start(self) -> None:
+        argv = [
+            sys.executable, "-m", "garden.cli", "server",
+            "--state-dir", str(self.state_dir), "--bind-port", str(self.port), "--tag", self.tag,
+        ]  # fmt: skip
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        with httpx.Client(base_url=self.url) as c:
+            for _ in range(400):
+                try:
+                    if c.get("/ping").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if self.proc.poll() is not None:
+                    break
+                # Waiting for another process to bind its port: nothing to await but time.
+                import time
+
+                time.sleep(0.025)
+        raise AssertionError(f"server did not start:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server_process(state_dir: Path) -> Iterator[ServerProcess]:
+    needs_root()
+    sp = ServerProcess(state_dir, new_tag())
+    try:
+        yield sp
+    finally:
+        if sp.proc is not None and sp.proc.poll() is None:
+            sp.kill()
+        trio.run(force_cleanup, sp.config)

@@ -1,0 +1,101 @@
+"""Hypothesis strategies for every event type, with values the JSON log can carry."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+from hypothesis import strategies as st
+
+from garden.api import (
+    BandwidthLimits,
+    BindMount,
+    ContainerSpec,
+    CpuLimits,
+    DiskLimits,
+    Limits,
+    MemoryLimits,
+    PidLimits,
+    Property,
+)
+from garden.events import schema as s
+
+text = st.text(max_size=24)
+ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+floats = st.floats(allow_nan=False, allow_infinity=False)
+opt_int = st.none() | ints
+
+limits = st.builds(
+    Limits,
+    memory=st.none() | st.builds(MemoryLimits, limit_in_bytes=opt_int),
+    cpu=st.none() | st.builds(CpuLimits, limit_in_shares=opt_int),
+    disk=st.none()
+    | st.builds(
+        DiskLimits,
+        block_soft=opt_int,
+        block_hard=opt_int,
+        inode_soft=opt_int,
+        inode_hard=opt_int,
+        byte_soft=opt_int,
+        byte_hard=opt_int,
+    ),
+    bandwidth=st.none() | st.builds(BandwidthLimits, rate=opt_int, burst=opt_int),
+    pids=st.none() | st.builds(PidLimits, max=opt_int),
+)
+specs = st.builds(
+    ContainerSpec,
+    handle=st.none() | text,
+    grace_time=st.none() | floats,
+    rootfs=st.none() | text,
+    env=st.lists(text, max_size=3),
+    privileged=st.booleans(),
+    properties=st.dictionaries(text, text, max_size=3)
+    | st.lists(st.builds(Property, key=text, value=text), max_size=3),
+    bind_mounts=st.lists(
+        st.builds(
+            BindMount,
+            src_path=text,
+            dst_path=text,
+            mode=st.sampled_from(["RO", "RW"]),
+            origin=st.sampled_from(["Host", "Container"]),
+        ),
+        max_size=2,
+    ),
+    network=st.none() | text,
+    limits=st.none() | limits,
+)
+
+EVENTS: dict[type, st.SearchStrategy[s.AnyEvent]] = {
+    s.ContainerCreateStarted: st.builds(
+        s.ContainerCreateStarted,
+        handle=text,
+        container_id=text,
+        spec=specs,
+        rootfs=text,
+        container_path=text,
+        cgroup_path=text,
+        uid_base=opt_int,
+        grace_time=floats,
+        env=st.lists(text, max_size=3),
+    ),
+    s.ContainerCreated: st.builds(s.ContainerCreated, handle=text, pid=ints, pid_start_time=ints),
+    s.ContainerCreateFailed: st.builds(s.ContainerCreateFailed, handle=text, reason=text),
+    s.PropertySet: st.builds(s.PropertySet, handle=text, key=text, value=text),
+    s.PropertyDeleted: st.builds(s.PropertyDeleted, handle=text, key=text),
+    s.GraceTimeSet: st.builds(s.GraceTimeSet, handle=text, grace_time=floats),
+    s.ContainerStopped: st.builds(
+        s.ContainerStopped, handle=text, reason=st.sampled_from(["request", "oom", "init-exited"])
+    ),
+    s.ContainerRestored: st.builds(s.ContainerRestored, handle=text, pid=ints, pid_start_time=ints),
+    s.ContainerDestroyStarted: st.builds(
+        s.ContainerDestroyStarted,
+        handle=text,
+        reason=st.sampled_from(["request", "grace", "recovery", "create-failed"]),
+    ),
+    s.ContainerDestroyed: st.builds(s.ContainerDestroyed, handle=text),
+    s.ResourceSwept: st.builds(s.ResourceSwept, kind=text, name=text),
+    s.ServerStarted: st.builds(s.ServerStarted, version=text, pid=ints),
+}
+assert set(EVENTS) == set(get_args(s.AnyEvent)), "add a strategy for the new event type"
+
+any_event = st.one_of(*EVENTS.values())
+origins = st.builds(s.Origin, request_id=text, client=text)
