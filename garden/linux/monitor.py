@@ -1,0 +1,457 @@
+"""Processes in a running container, each under its own conmon (2.1.6) that outlives the server.
+
+`spawn()` runs `conmon ... -e --exec-process-spec process.json` (conmon runs `runc exec --detach`)
+and returns a `SpawnedProcess`: plain facts (pids with start times, paths) to store in an event
+and use again after a server restart. Every other call takes those facts; none needs the task
+or the Python objects that spawned the process.
+
+Per-process directory (`process_dir`, conmon's `-b`; the caller picks it, e.g.
+`<container_path>/processes/<id>`):
+    process.json  the OCI process object (see `process_spec`)
+    log           conmon's k8s-file log of stdout/stderr (read it with `garden.linux.output`)
+    exit/<cid>    the exit status, written (temp file + rename) once the process has exited and
+                  the log is complete; 128+signal for a process killed by a signal
+    pid, conmon.pid, conmon.err (conmon's own stderr), and conmon's ctl/winsz FIFOs and
+    `attach` socket.
+`socket_dir` (short: `<socket_dir>/<16 hex>/attach` must fit in 108 bytes) receives conmon's
+symlink to the process dir; `wait_exit` and `cleanup` remove it (conmon leaves it behind).
+
+- `spawn(...)`: checks nothing about the executable (do `process_spec.find_executable` first:
+  runc's own error arrives only after the fork), but maps runc's failure to
+  `ExecutableNotFoundError` or `RuntimeFailedError` with runc's message. A TTY process starts
+  with `consoleSize` from process.json (runc applies it before exec) and gets the same size
+  through conmon's ctl FIFO right after the pid arrives.
+- `wait_exit(facts)`: waits for conmon through a pidfd (no polling), returns the exit status.
+- `read_exit_status(facts)`, `status(facts)`: what the files say now ("running"/"exited"/"lost").
+- `signal(facts, signum)`: only if the pid still names the same process (start time checked).
+- `resize(facts, rows, cols)`: a TTY's window size.
+- `open_stdin(facts)`: a `trio.abc.SendStream` into the process's stdin through conmon's attach
+  socket (only for processes spawned with `stdin=True`); `aclose()` closes stdin (EOF). Any
+  attach connection closing closes stdin, so use one writer per process; a server crash closes
+  it too. A TTY is different: closing only disconnects (conmon runs with --leave-stdin-open),
+  any number of clients may come and go, and EOF is b"\\x04" (^D) as on a terminal.
+- `cleanup(facts)`: kills what still runs, waits for conmon (bounded, shielded) and removes the
+  socket link and the process dir (the log too).
+
+Never let a process's conmon become a child of a subreaper of ours: it double-forks to init.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+import signal as _signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import trio
+
+from garden.errors import (
+    ConflictError,
+    ExecutableNotFoundError,
+    InvalidRequestError,
+    KernelError,
+    RuntimeFailedError,
+)
+from garden.linux.proc import open_pidfd, pid_start_time, signal_pidfd
+
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, NUL included
+_STDIN_PACKET = 16384  # conmon reads one attach packet into a 32 KiB buffer; more is cut off
+_SPAWN_TIMEOUT = 60.0
+_CLEANUP_TIMEOUT = 10.0
+
+ProcessStatus = Literal["running", "exited", "lost"]
+
+
+class MonitorLostError(KernelError):
+    """conmon is gone without writing an exit status (killed, or the host rebooted)."""
+
+
+class SpawnedProcess(msgspec.Struct, frozen=True, kw_only=True):
+    """Facts about one spawned process; store them and pass them to every other call."""
+
+    container_id: str
+    process_dir: str
+    socket_link: str  # <socket_dir>/<token>, conmon's symlink to process_dir
+    pid: int  # host pid of the process
+    pid_start_time: int | None  # None: it had already exited when we looked
+    conmon_pid: int
+    conmon_start_time: int | None
+    tty: bool
+    stdin: bool
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.process_dir) / "log"
+
+    @property
+    def exit_path(self) -> Path:
+        return Path(self.process_dir) / "exit" / self.container_id
+
+
+async def spawn(
+    *,
+    runtime: str,
+    runtime_root: str | Path,
+    container_id: str,
+    process_dir: str | Path,
+    process: dict[str, Any],
+    socket_dir: str | Path,
+    stdin: bool = False,
+    conmon: str = "conmon",
+) -> SpawnedProcess:
+    """Start `process` (an OCI process object) in container `container_id` of the runtime
+    binary `runtime` whose state dir is `runtime_root`; return once it runs (or has run).
+
+    `process_dir` must not exist yet (its parents are created); a failed spawn removes it
+    again. A TTY comes from `process["terminal"]`.
+    Shielded from cancellation while conmon starts (bounded by 60 s); a caller cancelled
+    meanwhile never gets the facts, so the process is killed and cleaned up before `Cancelled`
+    propagates: a process runs only if its facts reached the caller.
+    """
+    pdir = Path(process_dir)
+    link = Path(socket_dir) / secrets.token_hex(8)
+    if len(os.fsencode(link / "attach")) > _SUN_PATH_MAX:
+        raise KernelError("conmon socket dir", f"{socket_dir} is too long for a unix socket path")
+    _prepare_dirs(pdir, Path(socket_dir), process)
+    tty = bool(process.get("terminal"))
+    size = process.get("consoleSize")
+    cmd = [
+        conmon, "--api-version", "1",
+        "-c", container_id, "-u", link.name, "-n", f"{container_id}-{link.name}",
+        "-r", runtime, "--runtime-arg", "--root", "--runtime-arg", str(runtime_root),
+        "-b", str(pdir), "-p", str(pdir / "pid"), "-P", str(pdir / "conmon.pid"),
+        "-l", f"k8s-file:{pdir / 'log'}", "--exit-dir", str(pdir / "exit"),
+        "--socket-dir-path", str(socket_dir), "--log-level", "error", "--syslog",
+        "-e", "--exec-process-spec", str(pdir / "process.json"),
+        *(["-i"] if stdin else []), *(["-t"] if tty else []),
+        # A TTY gets EOF from ^D, and must stay writable for the next client after one leaves.
+        *(["--leave-stdin-open"] if stdin and tty else []),
+    ]  # fmt: skip
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + _SPAWN_TIMEOUT
+        try:
+            pid, conmon_pid = await _run_conmon(cmd, pdir)
+        except BaseException:  # nothing may stay behind a failed spawn
+            _kill_conmon_of(pdir)  # on timeout; after a failed exec conmon has gone already
+            _remove_link(link, pdir)
+            shutil.rmtree(pdir, ignore_errors=True)  # best effort: the error says what failed
+            raise
+    if scope.cancelled_caught:
+        raise RuntimeFailedError("conmon exec", f"no pid within {_SPAWN_TIMEOUT} s")
+    facts = SpawnedProcess(
+        container_id=container_id,
+        process_dir=str(pdir),
+        socket_link=str(link),
+        pid=pid,
+        pid_start_time=pid_start_time(pid),
+        conmon_pid=conmon_pid,
+        conmon_start_time=pid_start_time(conmon_pid),
+        tty=tty,
+        stdin=stdin,
+    )
+    if tty and isinstance(size, dict):
+        resize(facts, int(size.get("height", 0)), int(size.get("width", 0)))
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:  # the caller is gone and would lose the facts: undo the process
+        await cleanup(facts)
+        raise
+    return facts
+
+
+def _prepare_dirs(pdir: Path, socket_dir: Path, process: dict[str, Any]) -> None:
+    socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (pdir / "exit").mkdir(parents=True)
+    (pdir / "process.json").write_text(json.dumps(process))
+
+
+def _kill_conmon_of(pdir: Path) -> None:
+    try:
+        conmon_pid = int((pdir / "conmon.pid").read_text().strip())
+    except (OSError, ValueError):
+        return
+    fd = open_pidfd(conmon_pid)
+    if fd is not None:
+        try:
+            signal_pidfd(fd, _signal.SIGKILL)
+        finally:
+            os.close(fd)
+
+
+async def _run_conmon(cmd: list[str], pdir: Path) -> tuple[int, int]:
+    """Run conmon's start/sync pipe protocol; return (process pid, conmon pid)."""
+    sync_r, sync_w = os.pipe()
+    start_r, start_w = os.pipe()
+    try:
+        with open(pdir / "conmon.err", "wb") as err:  # noqa: ASYNC230 (a new local file)
+            child = await trio.lowlevel.open_process(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                cwd=str(pdir),
+                pass_fds=(sync_w, start_r),
+                env={
+                    "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                    "_OCI_SYNCPIPE": str(sync_w),
+                    "_OCI_STARTPIPE": str(start_r),
+                },
+            )
+        os.close(sync_w)
+        os.close(start_r)
+        sync_w = start_r = -1
+        os.write(start_w, b"\0")  # conmon waits for this byte before anything else
+        os.close(start_w)
+        start_w = -1
+        await child.wait()  # the first conmon exits at once (double fork)
+        message = await _read_sync_message(sync_r)
+    finally:
+        for fd in (sync_r, sync_w, start_r, start_w):
+            if fd >= 0:
+                os.close(fd)
+    data = message.get("data")
+    if not isinstance(data, int) or data <= 0:
+        raise _spawn_error(str(message.get("message") or _conmon_stderr(pdir)))
+    try:
+        conmon_pid = int((pdir / "conmon.pid").read_text().strip())
+    except (OSError, ValueError) as e:
+        raise RuntimeFailedError("conmon exec: read conmon.pid", e) from e
+    return data, conmon_pid
+
+
+async def _read_sync_message(fd: int) -> dict[str, Any]:
+    """The first JSON line conmon writes to the sync pipe ({} if it closed the pipe first)."""
+    stream = trio.lowlevel.FdStream(os.dup(fd))
+    buf = b""
+    try:
+        while b"\n" not in buf:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        await stream.aclose()
+    line = buf.partition(b"\n")[0]
+    if not line:
+        return {}
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return {"message": line.decode(errors="replace")}
+    return msg if isinstance(msg, dict) else {}
+
+
+_RUNC_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
+
+
+def _spawn_error(message: str) -> KernelError | ExecutableNotFoundError:
+    found = _RUNC_MSG.findall(message)
+    text = (found[-1].encode().decode("unicode_escape") if found else message).strip()
+    low = text.lower()
+    if "exec:" in low and ("no such file" in low or "not found" in low or "permission" in low):
+        return ExecutableNotFoundError(text or "executable not found")
+    return RuntimeFailedError("runc exec", text or "(no message)")
+
+
+def _conmon_stderr(pdir: Path) -> str:
+    try:
+        return (pdir / "conmon.err").read_text(errors="replace").strip()[-2000:]
+    except OSError:
+        return ""
+
+
+def read_exit_status(facts: SpawnedProcess) -> int | None:
+    """The exit status conmon wrote (128+signal for a signal), None while it has not."""
+    try:
+        text = facts.exit_path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        return int(text)  # conmon 2.1.6 writes 128+signal itself (137 SIGKILL, 143 SIGTERM)
+    except ValueError as e:
+        raise KernelError(f"read exit status {facts.exit_path}", f"not a number: {text!r}") from e
+
+
+def status(facts: SpawnedProcess) -> ProcessStatus:
+    """ "exited" once the exit file exists, "running" while conmon lives, else "lost"."""
+    if facts.exit_path.exists():
+        return "exited"
+    if is_running(facts.conmon_pid, facts.conmon_start_time):
+        return "running"
+    return "exited" if facts.exit_path.exists() else "lost"  # it may have just finished
+
+
+def is_running(pid: int, start_time: int | None) -> bool:
+    """True if `pid` is still the process that started at `start_time` and not a zombie."""
+    if start_time is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    fields = data[data.rfind(b")") + 2 :].split()  # fields 3.. (comm may hold anything)
+    return len(fields) > 19 and fields[0] != b"Z" and int(fields[19]) == start_time
+
+
+async def wait_exit(facts: SpawnedProcess) -> int:
+    """Wait until the process has exited and conmon is done; its exit status. Removes the
+    socket link. `MonitorLostError` if conmon died without writing a status."""
+    fd = None
+    if facts.conmon_start_time is not None:
+        fd = open_pidfd(facts.conmon_pid, facts.conmon_start_time)
+    if fd is None:
+        await trio.lowlevel.checkpoint()
+    else:
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        finally:
+            trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+    code = read_exit_status(facts)
+    _remove_link(Path(facts.socket_link), Path(facts.process_dir))
+    if code is None:
+        raise MonitorLostError(
+            f"wait for process in {facts.process_dir}", "conmon exited without an exit status"
+        )
+    return code
+
+
+def signal(facts: SpawnedProcess, signum: int) -> bool:
+    """Send `signum` to the process; False if it has already exited (never hits a reused pid)."""
+    if facts.pid_start_time is None:
+        return False
+    fd = open_pidfd(facts.pid, facts.pid_start_time)
+    if fd is None:
+        return False
+    try:
+        return signal_pidfd(fd, signum)
+    finally:
+        os.close(fd)
+
+
+def resize(facts: SpawnedProcess, rows: int, cols: int) -> bool:
+    """Set a TTY process's window size; False if conmon is gone (or it has no TTY)."""
+    if not facts.tty or rows <= 0 or cols <= 0:
+        return False
+    try:
+        fd = os.open(Path(facts.process_dir) / "ctl", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno in (errno.ENXIO, errno.ENOENT):
+            return False
+        raise
+    try:
+        os.write(fd, f"1 {rows} {cols}\n".encode())
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+class StdinStream(trio.abc.SendStream):
+    """The process's stdin through conmon's attach socket; `aclose()` sends EOF."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._sock = sock
+        self._lock = trio.StrictFIFOLock()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        async with self._lock:
+            view = memoryview(data)
+            if not view:
+                await trio.lowlevel.checkpoint()
+            try:
+                for start in range(0, len(view), _STDIN_PACKET):
+                    packet = view[start : start + _STDIN_PACKET]
+                    while packet:
+                        packet = packet[await self._sock.send(packet) :]
+            except OSError as e:
+                raise trio.BrokenResourceError(f"stdin closed: {e}") from e
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._sock.wait_writable()
+
+    async def aclose(self) -> None:
+        self._sock.close()  # conmon reads EOF and closes the process's stdin
+        await trio.lowlevel.checkpoint()
+
+
+async def open_stdin(facts: SpawnedProcess) -> StdinStream:
+    """Connect to the process's stdin. `InvalidRequestError` if it was spawned without stdin,
+    `ConflictError` once it has exited."""
+    if not facts.stdin:
+        raise InvalidRequestError("process was started without stdin")
+    dir_fd = os.open(facts.process_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        await sock.connect(f"/proc/self/fd/{dir_fd}/attach")  # any length of process_dir
+        sock.shutdown(socket.SHUT_RD)  # we never read output here: conmon must not block on us
+    except OSError as e:
+        sock.close()
+        if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ConflictError(f"process has exited: {e.strerror}") from e
+        raise KernelError("connect to conmon attach socket", e) from e
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.close(dir_fd)
+    return StdinStream(sock)
+
+
+async def cleanup(facts: SpawnedProcess, *, timeout: float = _CLEANUP_TIMEOUT) -> None:
+    """Kill the process if it still runs, wait for its conmon (shielded, at most `timeout`
+    s, then conmon is SIGKILLed too) and remove the socket link and the process dir."""
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(timeout):
+            signal(facts, _signal.SIGKILL)
+            await _wait_conmon(facts)
+        if status(facts) == "running":
+            fd = open_pidfd(facts.conmon_pid, facts.conmon_start_time)
+            if fd is not None:
+                try:
+                    signal_pidfd(fd, _signal.SIGKILL)
+                    with trio.move_on_after(1.0):
+                        await trio.lowlevel.wait_readable(fd)
+                finally:
+                    trio.lowlevel.notify_closing(fd)
+                    os.close(fd)
+        _remove_link(Path(facts.socket_link), Path(facts.process_dir))
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(facts.process_dir)
+
+
+async def _wait_conmon(facts: SpawnedProcess) -> None:
+    fd = None
+    if facts.conmon_start_time is not None:
+        fd = open_pidfd(facts.conmon_pid, facts.conmon_start_time)
+    if fd is None:
+        await trio.lowlevel.checkpoint()
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        trio.lowlevel.notify_closing(fd)
+        os.close(fd)
+
+
+def _remove_link(link: Path, target: Path) -> None:
+    """Remove conmon's socket-dir symlink if it still points at `target`."""
+    try:
+        if os.readlink(link) == str(target):
+            link.unlink()
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as e:
+        if e.errno != errno.EINVAL:  # not a symlink: not ours
+            raise
