@@ -163,3 +163,43 @@ _encoder = msgspec.json.Encoder()
 
 def encode(obj: object) -> bytes:
     return _encoder.encode(obj)
+
+
+class TtySize(Wire, frozen=True):
+    columns: int = 80
+    rows: int = 24
+
+
+class ProcessSpec(Wire, frozen=True):
+    """`POST /containers/:h/processes`. `stdin` (beyond the seed): keep the process's stdin open
+    for `PUT .../stdin`; without it stdin is empty (a terminal always has stdin)."""
+
+    path: str
+    args: list[str] = []
+    env: list[str] = []
+    dir: str | None = None
+    user: str | None = None
+    privileged: bool = False
+    rlimits: dict[str, int] = {}
+    tty: bool | TtySize = False
+    id: str | None = None
+    stdin: bool = False
+
+    def tty_size(self) -> TtySize | None:
+        if self.tty is True:
+            return TtySize()
+        if isinstance(self.tty, TtySize):
+            return self.tty
+        return None
+
+
+class SignalRequest(Wire, frozen=True):
+    signal: str | int
+
+
+def check_process_id(process_id: str) -> str:
+    if not HANDLE_RE.fullmatch(process_id):
+        raise InvalidRequestError(
+            f"invalid process id {process_id!r}: must match [A-Za-z0-9][A-Za-z0-9_.+-]{{0,127}}"
+        )
+    return process_id

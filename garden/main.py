@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import hypercorn.trio
@@ -13,7 +14,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from garden import __version__
-from garden.actors.ports import ContainerKernel
+from garden.actors.ports import ContainerKernel, ProcessKernel
 from garden.actors.supervisor import Supervisor
 from garden.config import ServerConfig
 from garden.events.journal import Journal
@@ -23,6 +24,8 @@ from garden.events.state import ServerState, evolve
 from garden.http.app import asgi_with_close_fix, create_app
 from garden.linux.cgroups import detect
 from garden.linux.containers import LinuxContainers
+from garden.linux.output import open_log_watcher
+from garden.linux.processes import LinuxProcesses
 from garden.linux.runtime import probe_runtime
 
 log = logging.getLogger("garden.main")
@@ -76,14 +79,38 @@ async def serve(
     config: ServerConfig,
     *,
     kernel: ContainerKernel | None = None,
+    processes: ProcessKernel | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the server until SIGTERM/SIGINT (or until cancelled). Containers keep running.
-    `kernel` replaces the real one in unit tests."""
+    """Run the server until SIGTERM/SIGINT (or until cancelled). Containers and their
+    processes keep running. `kernel` and `processes` replace the real ones in unit tests."""
     event_log, state = open_log(config)
     log.info("replayed records=%d containers=%d", state.last_seq, len(state.containers))
-    if kernel is None:
-        kernel = await build_kernel(config)
+    async with AsyncExitStack() as stack:
+        if kernel is None or processes is None:
+            real = await build_kernel(config)
+            watcher = await stack.enter_async_context(open_log_watcher())
+            kernel = real
+            processes = LinuxProcesses(
+                runtime=real.runtime, socket_dir=socket_dir(config), watcher=watcher
+            )
+            processes.sweep_socket_dir()
+        await _serve(config, event_log, state, kernel, processes, task_status)
+
+
+def socket_dir(config: ServerConfig) -> Path:
+    """Where conmon puts its attach sockets: short, because a socket path has 108 bytes."""
+    return Path("/run/garden-trio") / config.tag
+
+
+async def _serve(
+    config: ServerConfig,
+    event_log: EventLog,
+    state: ServerState,
+    kernel: ContainerKernel,
+    processes: ProcessKernel,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
     journal = Journal(event_log, lambda record: evolve(state, record))
     shutdown = trio.Event()
     try:
@@ -91,7 +118,9 @@ async def serve(
             await outer.start(journal.run)
             await journal.record(ServerStarted(version=__version__, pid=os.getpid()))
             async with trio.open_nursery() as inner:
-                supervisor = Supervisor(config, state=state, journal=journal, kernel=kernel)
+                supervisor = Supervisor(
+                    config, state=state, journal=journal, kernel=kernel, processes=processes
+                )
                 await inner.start(supervisor.run)
                 app = asgi_with_close_fix(create_app(supervisor))
                 served = trio.Event()

@@ -16,8 +16,16 @@ import msgspec
 import trio
 
 from garden.actors.mailbox import Mailbox
-from garden.actors.ports import ContainerKernel
-from garden.errors import ContainerNotFoundError, GardenError, InternalError
+from garden.actors.ports import ContainerKernel, ProcessKernel
+from garden.actors.processes import ProcessTable
+from garden.api import ProcessSpec
+from garden.errors import (
+    ContainerNotFoundError,
+    ContainerStoppedError,
+    GardenError,
+    InternalError,
+    ProcessIdInUseError,
+)
 from garden.events import schema as ev
 from garden.events.journal import Journal
 from garden.events.state import ContainerState, ServerState
@@ -28,6 +36,8 @@ log = logging.getLogger("garden.container")
 # Bound on how long tearing a container down may take once started, even when the caller is
 # gone or the server is shutting down.
 DESTROY_DEADLINE = 60.0
+# How long a stop waits for the monitors of killed processes to report their exits.
+PROCESS_EXIT_GRACE = 15.0
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,7 +65,12 @@ class Destroy(Command, frozen=True):
     reason: Literal["request", "grace"] = "request"
 
 
-AnyCommand = SetProperty | DeleteProperty | SetGraceTime | Stop | Destroy
+class RunProcess(Command, frozen=True):
+    spec: ProcessSpec
+    process_id: str
+
+
+AnyCommand = SetProperty | DeleteProperty | SetGraceTime | Stop | Destroy | RunProcess
 
 
 @final
@@ -67,6 +82,7 @@ class ContainerActor:
         state: ServerState,
         journal: Journal,
         kernel: ContainerKernel,
+        processes: ProcessKernel,
         stop_timeout: float,
         on_exit: Callable[[str], None],
     ) -> None:
@@ -75,6 +91,9 @@ class ContainerActor:
         self._state = state
         self._journal = journal
         self._kernel = kernel
+        self._process_kernel = processes
+        self.processes = ProcessTable(handle, processes, journal)
+        self._nursery: trio.Nursery | None = None
         self._stop_timeout = stop_timeout
         self._on_exit = on_exit
         self._tearing_down = False
@@ -99,9 +118,14 @@ class ContainerActor:
                 await self._create(origin)
             task_status.started()
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 started = self.record.started()
                 if self.record.phase == "active" and started is not None:
                     nursery.start_soon(self._watch_init, started)
+                for state in self.record.processes.values():
+                    process = self.processes.add(state.process_id, state.facts, state.exit_status)
+                    if process.running:
+                        nursery.start_soon(self.processes.watch, process)
                 async for command, reply in self.mailbox.commands():
                     try:
                         reply.succeed(await self._handle(command))
@@ -164,7 +188,48 @@ class ContainerActor:
                 await self._stop(kill, origin)
             case Destroy(reason=reason):
                 await self._destroy(reason, origin)
+            case RunProcess(spec=spec, process_id=process_id):
+                return await self._run_process(spec, process_id, origin)
         return None
+
+    async def _run_process(self, spec: ProcessSpec, process_id: str, origin: ev.Origin) -> str:
+        record = self.record
+        started = record.started()
+        if record.phase != "active" or started is None:
+            raise ContainerStoppedError(
+                f"container {self.handle} is {record.phase}: no new processes", handle=self.handle
+            )
+        previous = self.processes.find(process_id)
+        if previous is not None:
+            if previous.running:
+                raise ProcessIdInUseError(
+                    f"process id {process_id!r} is in use",
+                    handle=self.handle,
+                    process_id=process_id,
+                )
+            await self._process_kernel.cleanup(previous.facts)
+            self.processes.forget(process_id)
+        facts = await self._process_kernel.spawn(
+            record.plan(),
+            started,
+            spec,
+            process_id,
+            container_env=record.env,
+            privileged_container=record.uid_base is None,
+        )
+        await self._journal.record(
+            ev.ProcessStarted(
+                handle=self.handle, process_id=process_id, facts=facts, args=[spec.path, *spec.args]
+            ),
+            origin=origin,
+        )
+        process = self.processes.add(process_id, facts, None)
+        assert self._nursery is not None
+        self._nursery.start_soon(self.processes.watch, process)
+        log.info(
+            "process-started handle=%s process_id=%s pid=%d", self.handle, process_id, facts.pid
+        )
+        return process_id
 
     async def _stop(self, kill: bool, origin: ev.Origin) -> None:
         if self.record.phase == "stopped":
@@ -172,6 +237,8 @@ class ContainerActor:
         self._tearing_down = True
         try:
             await self._kernel.stop(self.record.plan(), kill=kill, timeout=self._stop_timeout)
+            # Their monitors report each exit; the stop answers once every one is recorded.
+            await self.processes.wait_all_exited(timeout=PROCESS_EXIT_GRACE)
             await self._journal.record(
                 ev.ContainerStopped(handle=self.handle, reason="request"), origin=origin
             )
@@ -187,6 +254,8 @@ class ContainerActor:
                     ev.ContainerDestroyStarted(handle=self.handle, reason=reason), origin=origin
                 )
             await self._kernel.destroy(self.record.plan())
+            for process in self.processes.all():
+                await self._process_kernel.cleanup(process.facts)
             await self._journal.record(ev.ContainerDestroyed(handle=self.handle), origin=origin)
         self._destroyed = True
         log.info("destroy-finished handle=%s", self.handle)

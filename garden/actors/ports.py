@@ -7,9 +7,14 @@ types of `garden.linux.plan`.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from typing import Literal, Protocol
 
-from garden.linux.plan import ContainerPlan, Started
+import trio
+
+from garden.api import ProcessSpec
+from garden.linux.plan import ContainerPlan, SpawnedProcess, Started
 
 Liveness = Literal["running", "stopped", "gone"]
 
@@ -41,4 +46,50 @@ class ContainerKernel(Protocol):
     async def sweep(self, owned: set[str]) -> list[str]:
         """Release every kernel resource under our names whose container id is not in `owned`
         (left by a crash); return the ids released."""
+        ...
+
+
+class OutputChunk(Protocol):
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+
+class ProcessKernel(Protocol):
+    """Processes in a running container, each under a monitor that outlives the server."""
+
+    async def spawn(
+        self,
+        plan: ContainerPlan,
+        started: Started,
+        spec: ProcessSpec,
+        process_id: str,
+        *,
+        container_env: list[str],
+        privileged_container: bool,
+    ) -> SpawnedProcess:
+        """Start the process; `ExecutableNotFoundError`/`InvalidRequestError` before anything
+        runs when the spec cannot work."""
+        ...
+
+    async def wait_exit(self, facts: SpawnedProcess) -> int | None:
+        """The exit status (128+signal when killed); None if the monitor vanished."""
+        ...
+
+    def signal(self, facts: SpawnedProcess, signum: int) -> bool: ...
+
+    def resize(self, facts: SpawnedProcess, rows: int, columns: int) -> bool: ...
+
+    async def open_stdin(self, facts: SpawnedProcess) -> trio.abc.SendStream: ...
+
+    def output(
+        self, facts: SpawnedProcess, *, replay_bytes: int | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[OutputChunk]]:
+        """Output from the start (or the last `replay_bytes`), live until exit."""
+        ...
+
+    async def cleanup(self, facts: SpawnedProcess) -> None:
+        """Kill it if it still runs and remove its files and monitor leftovers."""
         ...

@@ -19,14 +19,23 @@ from garden.actors.container import (
     ContainerActor,
     DeleteProperty,
     Destroy,
+    RunProcess,
     SetGraceTime,
     SetProperty,
     Stop,
 )
 from garden.actors.grace import GraceReaper
-from garden.actors.ports import ContainerKernel
+from garden.actors.ports import ContainerKernel, ProcessKernel
+from garden.actors.processes import LiveProcess
 from garden.actors.spec_rules import check_property, check_spec
-from garden.api import Capacity, ContainerInfo, ContainerSpec, check_handle
+from garden.api import (
+    Capacity,
+    ContainerInfo,
+    ContainerSpec,
+    ProcessSpec,
+    check_handle,
+    check_process_id,
+)
 from garden.config import ServerConfig
 from garden.errors import (
     CapacityExhaustedError,
@@ -51,11 +60,13 @@ class Supervisor:
         state: ServerState,
         journal: Journal,
         kernel: ContainerKernel,
+        processes: ProcessKernel,
     ) -> None:
         self.config = config
         self.state = state
         self.journal = journal
         self.kernel = kernel
+        self.process_kernel = processes
         self.reaper = GraceReaper(self._expire)
         self._actors: dict[str, ContainerActor] = {}
         self._reserved: set[str] = set()
@@ -122,6 +133,7 @@ class Supervisor:
             state=self.state,
             journal=self.journal,
             kernel=self.kernel,
+            processes=self.process_kernel,
             stop_timeout=self.config.stop_timeout,
             on_exit=self._actor_exited,
         )
@@ -210,6 +222,23 @@ class Supervisor:
         await self.send(handle, SetGraceTime(grace_time=grace_time, origin=origin))
         self.reaper.watch(handle, grace_time)
 
+    async def run_process(self, handle: str, spec: ProcessSpec, origin: ev.Origin) -> LiveProcess:
+        process_id = check_process_id(spec.id) if spec.id else secrets.token_hex(8)
+        actor = self.actor(handle)
+        self.touch(handle)
+        await actor.call(RunProcess(spec=spec, process_id=process_id, origin=origin))
+        return actor.processes.get(process_id)
+
+    def process(self, handle: str, process_id: str) -> LiveProcess:
+        self.container(handle)
+        return self.actor(handle).processes.get(process_id)
+
+    def signal_process(self, handle: str, process_id: str, signum: int) -> bool:
+        process = self.process(handle, process_id)
+        if not process.running:
+            return False
+        return self.process_kernel.signal(process.facts, signum)
+
     # ----- reads -----
 
     def actor(self, handle: str) -> ContainerActor:
@@ -247,7 +276,7 @@ class Supervisor:
             host_ip="",
             container_ip="",
             container_path=c.container_path,
-            process_ids=[],
+            process_ids=[p.process_id for p in self.actor(handle).processes.running()],
             properties=dict(c.properties),
             mapped_ports=[],
             grace_time=c.grace_time,

@@ -13,6 +13,7 @@ from typing import Literal
 import msgspec
 
 from garden.api import ContainerSpec
+from garden.linux.plan import SpawnedProcess
 
 SCHEMA_VERSION = 1
 
@@ -85,6 +86,26 @@ class ContainerDestroyed(Event, tag=True, frozen=True):
     handle: str
 
 
+class ProcessStarted(Event, tag=True, frozen=True):
+    """A process runs in the container under its monitor; `facts` find it again after a
+    restart (pids with start times, its directory with the output log and exit file)."""
+
+    handle: str
+    process_id: str
+    facts: SpawnedProcess
+    args: list[str] = []
+
+
+class ProcessExited(Event, tag=True, frozen=True):
+    """`exit_status` is 128+signal for a killed process; 255 with `lost=True` when the monitor
+    vanished without writing a status."""
+
+    handle: str
+    process_id: str
+    exit_status: int
+    lost: bool = False
+
+
 class ResourceSwept(Event, tag=True, frozen=True):
     """A kernel resource with our marks but no owner was found and released at start-up."""
 
@@ -108,6 +129,8 @@ AnyEvent = (
     | ContainerRestored
     | ContainerDestroyStarted
     | ContainerDestroyed
+    | ProcessStarted
+    | ProcessExited
     | ResourceSwept
     | ServerStarted
 )

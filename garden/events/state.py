@@ -15,9 +15,16 @@ import msgspec
 
 from garden.api import ContainerSpec
 from garden.events import schema as ev
-from garden.linux.plan import ContainerPlan, MountPlan, Started
+from garden.linux.plan import ContainerPlan, MountPlan, SpawnedProcess, Started
 
 Phase = Literal["creating", "active", "stopped", "destroying"]
+
+
+@final
+class ProcessState(msgspec.Struct, frozen=True, kw_only=True):
+    process_id: str
+    facts: SpawnedProcess
+    exit_status: int | None = None
 
 
 @final
@@ -37,6 +44,7 @@ class ContainerState(msgspec.Struct, frozen=True, kw_only=True):
     pid: int = 0
     pid_start_time: int = 0
     created_seq: int = 0
+    processes: dict[str, ProcessState] = {}
 
     def plan(self) -> ContainerPlan:
         """The kernel-side facts needed to build, find or tear down this container."""
@@ -134,6 +142,15 @@ def _evolve_container(c: ContainerState, event: ev.AnyEvent) -> ContainerState:
             return replace(c, phase="stopped", events=events)
         case ev.ContainerDestroyStarted():
             return replace(c, phase="destroying")
+        case ev.ProcessStarted():
+            process = ProcessState(process_id=event.process_id, facts=event.facts)
+            return replace(c, processes={**c.processes, event.process_id: process})
+        case ev.ProcessExited():
+            current = c.processes.get(event.process_id)
+            if current is None:
+                return c
+            done = replace(current, exit_status=event.exit_status)
+            return replace(c, processes={**c.processes, event.process_id: done})
     return c
 
 

@@ -51,7 +51,6 @@ import subprocess
 from pathlib import Path
 from typing import Any, Literal
 
-import msgspec
 import trio
 
 from garden.errors import (
@@ -61,6 +60,7 @@ from garden.errors import (
     KernelError,
     RuntimeFailedError,
 )
+from garden.linux.plan import SpawnedProcess
 from garden.linux.proc import open_pidfd, pid_start_time, signal_pidfd
 
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, NUL included
@@ -73,28 +73,6 @@ ProcessStatus = Literal["running", "exited", "lost"]
 
 class MonitorLostError(KernelError):
     """conmon is gone without writing an exit status (killed, or the host rebooted)."""
-
-
-class SpawnedProcess(msgspec.Struct, frozen=True, kw_only=True):
-    """Facts about one spawned process; store them and pass them to every other call."""
-
-    container_id: str
-    process_dir: str
-    socket_link: str  # <socket_dir>/<token>, conmon's symlink to process_dir
-    pid: int  # host pid of the process
-    pid_start_time: int | None  # None: it had already exited when we looked
-    conmon_pid: int
-    conmon_start_time: int | None
-    tty: bool
-    stdin: bool
-
-    @property
-    def log_path(self) -> Path:
-        return Path(self.process_dir) / "log"
-
-    @property
-    def exit_path(self) -> Path:
-        return Path(self.process_dir) / "exit" / self.container_id
 
 
 async def spawn(

@@ -6,6 +6,8 @@ rebuilt after a crash from the log alone. It is plain data: no live objects.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 
 
@@ -35,3 +37,25 @@ class ContainerPlan(msgspec.Struct, frozen=True, kw_only=True):
 class Started(msgspec.Struct, frozen=True, kw_only=True):
     pid: int  # host pid of the container's init
     pid_start_time: int  # field 22 of /proc/<pid>/stat, to tell a reused pid apart
+
+
+class SpawnedProcess(msgspec.Struct, frozen=True, kw_only=True):
+    """Facts about one spawned process; store them and pass them to every other call."""
+
+    container_id: str
+    process_dir: str
+    socket_link: str  # <socket_dir>/<token>, conmon's symlink to process_dir
+    pid: int  # host pid of the process
+    pid_start_time: int | None  # None: it had already exited when we looked
+    conmon_pid: int
+    conmon_start_time: int | None
+    tty: bool
+    stdin: bool
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.process_dir) / "log"
+
+    @property
+    def exit_path(self) -> Path:
+        return Path(self.process_dir) / "exit" / self.container_id

@@ -110,3 +110,62 @@ def _renumber(lines: list[bytes]) -> list[bytes]:
         body = msgspec.json.encode(raw)
         out.append(b"%08x %s\n" % (zlib.crc32(body), body))
     return out
+
+
+def test_processes_survive_a_server_crash(server_process: ServerProcess, state_dir: Path) -> None:
+    """A process that runs on and one that exits while the server is down: after a restart the
+    first is attachable with all its output, the second reports its real exit status."""
+    import json
+
+    sp = server_process
+    gate = state_dir.parent / "gate"
+    gate.mkdir()
+    sp.start()
+    wait_for_gate = "echo before; while [ ! -e /gate/open ]; do sleep 0.05; done; echo after"
+    with httpx.Client(base_url=sp.url, timeout=30) as c:
+        create(
+            c,
+            "crash",
+            privileged=True,
+            bind_mounts=[{"src_path": str(gate), "dst_path": "/gate"}],
+        )
+        ids = {}
+        for name, code in (("exits", 3), ("runs", 0)):
+            script = wait_for_gate + (f"; exit {code}" if name == "exits" else "; read x; echo $x")
+            spec = {"path": "sh", "args": ["-c", script], "id": name, "stdin": name == "runs"}
+            with c.stream("POST", "/containers/crash/processes", json=spec) as r:
+                lines = r.iter_lines()
+                ids[name] = json.loads(next(lines))["process_id"]
+                assert json.loads(next(lines))["data"] == "before\n"
+    sp.kill()
+    (gate / "open").touch()
+    # Wait, bounded, for the conmon of "exits" to write its exit file while the server is down.
+    exit_files = list(sp.state_dir.glob("containers/*/processes/exits/exit/*"))
+    deadline = 200
+    while not exit_files and deadline:
+        import time
+
+        time.sleep(0.05)
+        deadline -= 1
+        exit_files = list(sp.state_dir.glob("containers/*/processes/exits/exit/*"))
+    assert exit_files, "the process did not exit while the server was down"
+    sp.start()
+    with httpx.Client(base_url=sp.url, timeout=30) as c:
+        with c.stream("GET", "/containers/crash/processes/exits") as r:
+            payloads = [json.loads(line) for line in r.iter_lines() if line]
+        assert "".join(p.get("data", "") for p in payloads) == "before\nafter\n"
+        assert payloads[-1]["exit_status"] == 3
+        assert c.get("/containers/crash/info").json()["process_ids"] == ["runs"]
+        r = c.put("/containers/crash/processes/runs/stdin", content=b"still here\n")
+        # stdin of a process started before the crash: conmon's attach socket is still there
+        assert r.status_code == 200, r.text
+        with c.stream("GET", "/containers/crash/processes/runs") as r:
+            payloads = [json.loads(line) for line in r.iter_lines() if line]
+        assert "".join(p.get("data", "") for p in payloads) == "before\nafter\nstill here\n"
+        assert payloads[-1]["exit_status"] == 0
+        assert c.delete("/containers/crash").status_code == 200
+    events = (sp.state_dir / "events.log").read_text()
+    assert events.count('"type":"ProcessStarted"') == 2
+    assert events.count('"type":"ProcessExited"') == 2
+    sp.kill(signal.SIGTERM)
+    assert leftovers(sp.config) == []

@@ -4,13 +4,16 @@ containers."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import final
 
 import trio
 
 from garden.actors.ports import Liveness
-from garden.errors import RuntimeFailedError
-from garden.linux.plan import ContainerPlan, Started
+from garden.api import ProcessSpec
+from garden.errors import ExecutableNotFoundError, RuntimeFailedError
+from garden.linux.plan import ContainerPlan, SpawnedProcess, Started
 
 
 @final
@@ -66,3 +69,90 @@ class FakeKernel:
         """The container's init dies on its own."""
         started = self.live.pop(container_id)
         self.stopped_inits[started.pid].set()
+
+
+@final
+class FakeChunk:
+    def __init__(self, source: str, data: bytes) -> None:
+        self.source = source
+        self.data = data
+
+
+@final
+class FakeProcesses:
+    """A process kernel whose processes print what the test says and exit when told."""
+
+    def __init__(self) -> None:
+        self.spawned: dict[str, SpawnedProcess] = {}
+        self.outputs: dict[str, list[FakeChunk]] = {}
+        self.exits: dict[str, trio.Event] = {}
+        self.statuses: dict[str, int] = {}
+        self.signals: list[tuple[str, int]] = []
+        self.cleaned: list[str] = []
+
+    async def spawn(
+        self,
+        plan: ContainerPlan,
+        started: Started,
+        spec: ProcessSpec,
+        process_id: str,
+        *,
+        container_env: list[str],
+        privileged_container: bool,
+    ) -> SpawnedProcess:
+        await trio.lowlevel.checkpoint()
+        if spec.path == "/missing":
+            raise ExecutableNotFoundError(f"{spec.path} not found", handle=plan.handle)
+        facts = SpawnedProcess(
+            container_id=plan.container_id,
+            process_dir=f"/fake/{plan.container_id}/{process_id}",
+            socket_link="/fake/link",
+            pid=len(self.spawned) + 5000,
+            pid_start_time=1,
+            conmon_pid=1,
+            conmon_start_time=1,
+            tty=False,
+            stdin=spec.stdin,
+        )
+        self.spawned[facts.process_dir] = facts
+        self.outputs[facts.process_dir] = [
+            FakeChunk("stdout", " ".join(spec.args).encode()),
+            FakeChunk("stderr", b"err\xc3"),
+            FakeChunk("stderr", b"\xa9"),
+        ]
+        self.exits[facts.process_dir] = trio.Event()
+        return facts
+
+    def finish(self, facts: SpawnedProcess, status: int) -> None:
+        self.statuses[facts.process_dir] = status
+        self.exits[facts.process_dir].set()
+
+    async def wait_exit(self, facts: SpawnedProcess) -> int | None:
+        await self.exits.setdefault(facts.process_dir, trio.Event()).wait()
+        return self.statuses.get(facts.process_dir)
+
+    def signal(self, facts: SpawnedProcess, signum: int) -> bool:
+        self.signals.append((facts.process_dir, signum))
+        self.finish(facts, 128 + signum)
+        return True
+
+    def resize(self, facts: SpawnedProcess, rows: int, columns: int) -> bool:
+        return True
+
+    async def open_stdin(self, facts: SpawnedProcess) -> trio.abc.SendStream:
+        raise NotImplementedError
+
+    @asynccontextmanager
+    async def output(
+        self, facts: SpawnedProcess, *, replay_bytes: int | None = None
+    ) -> AsyncIterator[AsyncIterator[FakeChunk]]:
+        async def chunks() -> AsyncIterator[FakeChunk]:
+            for chunk in self.outputs.get(facts.process_dir, []):
+                yield chunk
+            await self.exits[facts.process_dir].wait()
+
+        yield chunks()
+
+    async def cleanup(self, facts: SpawnedProcess) -> None:
+        await trio.lowlevel.checkpoint()
+        self.cleaned.append(facts.process_dir)

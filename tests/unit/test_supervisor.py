@@ -25,7 +25,7 @@ from garden.events import schema as ev
 from garden.events.journal import Journal
 from garden.events.log import EventLog
 from garden.events.state import evolve, replay
-from tests.unit.fakes import FakeKernel
+from tests.unit.fakes import FakeKernel, FakeProcesses
 
 ORIGIN = ev.Origin(request_id="test", client="127.0.0.1")
 
@@ -50,7 +50,9 @@ async def running(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(journal.run)
-            sup = Supervisor(config, state=state, journal=journal, kernel=kernel)
+            sup = Supervisor(
+                config, state=state, journal=journal, kernel=kernel, processes=FakeProcesses()
+            )
             await nursery.start(sup.run)
             yield sup, log
             nursery.cancel_scope.cancel()

@@ -9,7 +9,7 @@ from typing import Any
 
 from garden.linux import monitor, output
 from garden.linux import process_spec as ps
-from garden.linux.monitor import SpawnedProcess
+from garden.linux.plan import SpawnedProcess
 from tests.integration.process.conftest import RUNC, Container
 
 

@@ -16,7 +16,7 @@ import trio
 
 from garden.errors import ExecutableNotFoundError, InvalidRequestError
 from garden.linux import monitor, output
-from garden.linux.monitor import SpawnedProcess
+from garden.linux.plan import SpawnedProcess
 from tests.integration.process.conftest import RUNC, Container
 from tests.integration.process.helpers import collect, process_json, run, spawn
 

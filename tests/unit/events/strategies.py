@@ -18,6 +18,7 @@ from garden.api import (
     Property,
 )
 from garden.events import schema as s
+from garden.linux.plan import SpawnedProcess
 
 text = st.text(max_size=24)
 ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -64,6 +65,19 @@ specs = st.builds(
     limits=st.none() | limits,
 )
 
+facts = st.builds(
+    SpawnedProcess,
+    container_id=text,
+    process_dir=text,
+    socket_link=text,
+    pid=ints,
+    pid_start_time=opt_int,
+    conmon_pid=ints,
+    conmon_start_time=opt_int,
+    tty=st.booleans(),
+    stdin=st.booleans(),
+)
+
 EVENTS: dict[type, st.SearchStrategy[s.AnyEvent]] = {
     s.ContainerCreateStarted: st.builds(
         s.ContainerCreateStarted,
@@ -92,6 +106,16 @@ EVENTS: dict[type, st.SearchStrategy[s.AnyEvent]] = {
         reason=st.sampled_from(["request", "grace", "recovery", "create-failed"]),
     ),
     s.ContainerDestroyed: st.builds(s.ContainerDestroyed, handle=text),
+    s.ProcessStarted: st.builds(
+        s.ProcessStarted,
+        handle=text,
+        process_id=text,
+        facts=facts,
+        args=st.lists(text, max_size=3),
+    ),
+    s.ProcessExited: st.builds(
+        s.ProcessExited, handle=text, process_id=text, exit_status=ints, lost=st.booleans()
+    ),
     s.ResourceSwept: st.builds(s.ResourceSwept, kind=text, name=text),
     s.ServerStarted: st.builds(s.ServerStarted, version=text, pid=ints),
 }
