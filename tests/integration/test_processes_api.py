@@ -262,3 +262,41 @@ async def test_client_gets_http_errors_not_hangs(server: Server) -> None:
         r = await server.client.post("/containers/none/processes", json={"path": "true"})
     assert r.status_code == 404
     assert isinstance(r, httpx.Response)
+
+
+async def test_websocket_terminal(server: Server) -> None:
+    from tests.wsclient import WebSocket
+
+    await create(server, "ws")
+    spec = {
+        "path": "sh",
+        "args": ["-c", "stty size; read line; echo got:$line; stty size; exit 5"],
+        "tty": {"columns": 80, "rows": 24},
+        "id": "term",
+    }
+    async with server.client.stream("POST", "/containers/ws/processes", json=spec) as r:
+        assert json.loads(await r.aiter_lines().__anext__()) == {"process_id": "term"}
+    url = httpx.URL(server.url)
+    assert url.port is not None
+    ws = await WebSocket.connect("127.0.0.1", url.port, "/containers/ws/processes/term/ws")
+    received = b""
+    exit_message = None
+    with trio.fail_after(20):
+        while b"24 80" not in received:
+            message = await ws.receive()
+            assert isinstance(message, bytes)
+            received += message
+        await ws.send_text(json.dumps({"resize": {"columns": 100, "rows": 30}}))
+        await ws.send_bytes(b"hello\r")
+        while True:
+            message = await ws.receive()
+            if message is None:
+                break
+            if isinstance(message, str):
+                exit_message = json.loads(message)
+            else:
+                received += message
+    await ws.aclose()
+    assert b"got:hello" in received
+    assert b"30 100" in received
+    assert exit_message == {"exit_status": 5}
