@@ -159,3 +159,30 @@ async def test_created_event_records_origin(client: httpx.AsyncClient, tmp_path:
     assert created[0].origin.request_id == "req-7"
     assert created[0].origin.client == "127.0.0.1"
     assert msgspec.to_builtins(created[0].event)["handle"] == "o"
+
+
+async def test_events_route_history_filters_and_follow(client: httpx.AsyncClient) -> None:
+    import json
+
+    await client.post("/containers", json={"handle": "e1"}, headers={"X-Request-Id": "r1"})
+    await client.put("/containers/e1/properties/k", json={"value": "v"})
+    r = await client.get("/events")
+    records = [json.loads(line) for line in r.text.splitlines()]
+    assert [rec["seq"] for rec in records] == list(range(1, len(records) + 1))
+    types = [rec["event"]["type"] for rec in records]
+    assert types[0] == "ServerStarted"
+    assert types[-3:] == ["ContainerCreateStarted", "ContainerCreated", "PropertySet"]
+    r = await client.get("/events", params={"handle": "e1", "type": "PropertySet"})
+    only = [json.loads(line) for line in r.text.splitlines()]
+    assert [rec["event"] for rec in only] == [
+        {"type": "PropertySet", "handle": "e1", "key": "k", "value": "v"}
+    ]
+    last = records[-1]["seq"]
+    assert (await client.get("/events", params={"since": last})).text == ""
+    assert (await client.get("/events", params={"since": "x"})).status_code == 400
+    async with client.stream("GET", "/events", params={"since": last, "follow": "true"}) as r:
+        lines = r.aiter_lines()
+        await client.put("/containers/e1/properties/k2", json={"value": "v2"})
+        followed = json.loads(await lines.__anext__())
+    assert followed["seq"] == last + 1
+    assert followed["event"]["key"] == "k2"
