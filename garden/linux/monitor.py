@@ -19,8 +19,9 @@ symlink to the process dir; `wait_exit` and `cleanup` remove it (conmon leaves i
 - `spawn(...)`: checks nothing about the executable (do `process_spec.find_executable` first:
   runc's own error arrives only after the fork), but maps runc's failure to
   `ExecutableNotFoundError` or `RuntimeFailedError` with runc's message. A TTY process starts
-  with `consoleSize` from process.json (runc applies it before exec) and gets the same size
-  through conmon's ctl FIFO right after the pid arrives.
+  with `consoleSize` from process.json (runc applies it before exec). Nothing is written to
+  conmon's ctl FIFO at spawn: conmon parses one message per read, so a second message arriving
+  with the first (a user's resize right after the start) would be lost.
 - `wait_exit(facts)`: waits for conmon through a pidfd (no polling), returns the exit status.
 - `read_exit_status(facts)`, `status(facts)`: what the files say now ("running"/"exited"/"lost").
 - `signal(facts, signum)`: only if the pid still names the same process (start time checked).
@@ -101,7 +102,6 @@ async def spawn(
         raise KernelError("conmon socket dir", f"{socket_dir} is too long for a unix socket path")
     _prepare_dirs(pdir, Path(socket_dir), process)
     tty = bool(process.get("terminal"))
-    size = process.get("consoleSize")
     cmd = [
         conmon, "--api-version", "1",
         "-c", container_id, "-u", link.name, "-n", f"{container_id}-{link.name}",
@@ -136,8 +136,6 @@ async def spawn(
         tty=tty,
         stdin=stdin,
     )
-    if tty and isinstance(size, dict):
-        resize(facts, int(size.get("height", 0)), int(size.get("width", 0)))
     try:
         await trio.lowlevel.checkpoint_if_cancelled()
     except BaseException:  # the caller is gone and would lose the facts: undo the process
