@@ -15,6 +15,7 @@ from typing import Literal, final
 import msgspec
 import trio
 
+from garden import faults
 from garden.actors.mailbox import Mailbox
 from garden.actors.ports import ContainerKernel, ProcessKernel
 from garden.actors.processes import ProcessTable
@@ -116,6 +117,8 @@ class ContainerActor:
         try:
             if mode == "create":
                 await self._create(origin)
+            elif self.record.phase == "active":
+                await self._sweep_unrecorded_processes()
             task_status.started()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -163,6 +166,14 @@ class ContainerActor:
                 origin=origin,
             )
         log.info("create-finished handle=%s pid=%d", self.handle, started.pid)
+
+    async def _sweep_unrecorded_processes(self) -> None:
+        known = set(self.record.processes)
+        for process_id in await self._process_kernel.sweep(self.record.plan(), known):
+            log.warning("process-swept handle=%s process_id=%s", self.handle, process_id)
+            await self._journal.record(
+                ev.ResourceSwept(kind="process", name=f"{self.handle}/{process_id}")
+            )
 
     async def _watch_init(self, started: Started) -> None:
         await self._kernel.wait_exit(started)
@@ -217,6 +228,7 @@ class ContainerActor:
             container_env=record.env,
             privileged_container=record.uid_base is None,
         )
+        faults.reached("process:after-spawn")
         await self._journal.record(
             ev.ProcessStarted(
                 handle=self.handle, process_id=process_id, facts=facts, args=[spec.path, *spec.args]

@@ -93,3 +93,7 @@ class ProcessKernel(Protocol):
     async def cleanup(self, facts: SpawnedProcess) -> None:
         """Kill it if it still runs and remove its files and monitor leftovers."""
         ...
+
+    async def sweep(self, plan: ContainerPlan, known: set[str]) -> list[str]:
+        """Kill and remove processes of the container that the log does not know."""
+        ...

@@ -29,6 +29,7 @@ from typing import Final, final
 import msgspec
 import trio
 
+from garden import faults
 from garden.errors import InternalError, ServiceUnavailableError
 from garden.events.log import EventLog, check_events
 from garden.events.schema import AnyEvent, Origin, Record
@@ -190,6 +191,8 @@ class Journal:
             for pending in batch:
                 pending.fail(InternalError(f"event log write failed: {exc}"))
             return
+        for record in records:
+            faults.reached(f"record:{type(record.event).__name__}")
         applied = False
         try:
             for record in records:

@@ -28,6 +28,7 @@ from typing import Literal, final
 import msgspec
 import trio
 
+from garden import faults
 from garden.errors import GardenError, KernelError
 from garden.linux import oci
 from garden.linux.cgroups import Cgroups
@@ -115,6 +116,7 @@ class LinuxContainers:
             undo.push_async_callback(self._undo, "remove dir", remove_tree, cpath)
             undo.push_async_callback(self._undo, "unmount", unmount_overlay, cpath)
             await mount_overlay(lower, cpath, plan.uid_base)
+            faults.reached("create:after-overlay")
             spec = oci.container_spec(
                 plan, init_path=self.init_path, allowed_caps=self._allowed_caps
             )
@@ -128,6 +130,7 @@ class LinuxContainers:
             else:
                 pid = await self.runtime.create(cid, cpath)
                 await self.runtime.start(cid)
+            faults.reached("create:after-runtime")
             start_time = pid_start_time(pid)
             if start_time is None:
                 raise KernelError(f"start container {cid}", "its init exited at once")
@@ -221,7 +224,9 @@ class LinuxContainers:
 
     async def _release(self, cid: str, cpath: Path, cgroup_path: str) -> None:
         await self._release_runtime(cid, cpath, cgroup_path)
+        faults.reached("destroy:after-runtime")
         await unmount_overlay(cpath)
+        faults.reached("destroy:after-unmount")
         await remove_tree(cpath)
 
     async def _release_runtime(self, cid: str, cpath: Path, cgroup_path: str) -> None:

@@ -150,6 +150,23 @@ def _prepare_dirs(pdir: Path, socket_dir: Path, process: dict[str, Any]) -> None
     (pdir / "process.json").write_text(json.dumps(process))
 
 
+def kill_unrecorded(pdir: Path) -> None:
+    """Kill the process and the conmon of a process dir whose facts were never recorded (a
+    crash between spawn and its event), by the pid files conmon wrote."""
+    try:
+        pid = int((pdir / "pid").read_text().strip())
+    except (OSError, ValueError):
+        pid = 0
+    if pid > 0 and pid_start_time(pid) is not None:
+        fd = open_pidfd(pid)
+        if fd is not None:
+            try:
+                signal_pidfd(fd, _signal.SIGKILL)
+            finally:
+                os.close(fd)
+    _kill_conmon_of(pdir)
+
+
 def _kill_conmon_of(pdir: Path) -> None:
     try:
         conmon_pid = int((pdir / "conmon.pid").read_text().strip())

@@ -115,6 +115,20 @@ class LinuxProcesses:
     async def cleanup(self, facts: SpawnedProcess) -> None:
         await monitor.cleanup(facts)
 
+    async def sweep(self, plan: ContainerPlan, known: set[str]) -> list[str]:
+        """Kill and remove the processes of this container that the log does not know (a crash
+        between their spawn and their ProcessStarted record); return their ids."""
+        root = Path(plan.container_path) / "processes"
+        try:
+            found = [p for p in root.iterdir() if p.is_dir() and p.name not in known]
+        except FileNotFoundError:
+            return []
+        for pdir in found:
+            await trio.to_thread.run_sync(monitor.kill_unrecorded, pdir)
+            await trio.to_thread.run_sync(shutil.rmtree, pdir, True)
+        self.sweep_socket_dir()
+        return [p.name for p in found]
+
     def sweep_socket_dir(self) -> None:
         """Remove conmon's socket links whose process dirs are gone (left by crashes)."""
         if not self.socket_dir.exists():

@@ -140,13 +140,19 @@ class ServerProcess:
     def config(self) -> ServerConfig:
         return ServerConfig(state_dir=str(self.state_dir), tag=self.tag, bind_port=self.port)
 
-    def start(self) -> None:
+    def start(self, crash_at: str = "") -> None:
+        """Start the server; `crash_at` arms its crash points (garden/faults.py)."""
+        env = {k: v for k, v in os.environ.items() if k != "GARDEN_CRASH_AT"}
+        if crash_at:
+            env["GARDEN_CRASH_AT"] = crash_at
         argv = [
             sys.executable, "-m", "garden.cli", "server",
             "--state-dir", str(self.state_dir), "--bind-port", str(self.port), "--tag", self.tag,
         ]  # fmt: skip
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
+            )
         with httpx.Client(base_url=self.url) as c:
             for _ in range(400):
                 try:
@@ -161,6 +167,10 @@ class ServerProcess:
 
                 time.sleep(0.025)
         raise AssertionError(f"server did not start:\n{self.log.read_text()[-3000:]}")
+
+    def wait_crashed(self) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=60)
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
         assert self.proc is not None

@@ -156,3 +156,7 @@ class FakeProcesses:
     async def cleanup(self, facts: SpawnedProcess) -> None:
         await trio.lowlevel.checkpoint()
         self.cleaned.append(facts.process_dir)
+
+    async def sweep(self, plan: ContainerPlan, known: set[str]) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return []
