@@ -126,6 +126,26 @@ class ContainerInfo(Wire, frozen=True):
     bandwidth_stat: dict[str, int] = {}
 
 
+class NetInRequest(Wire, frozen=True):
+    """`POST /containers/:h/net/in`: 0 or absent host port = one from the pool; absent
+    container port = the host port."""
+
+    host_port: int = 0
+    container_port: int = 0
+
+
+class NetOutRule(Wire, frozen=True):
+    """`POST /containers/:h/net/out`: a hole in the denied networks for this container."""
+
+    network: str | None = None  # "a.b.c.d/n" or "a.b.c.d-e.f.g.h"; absent = any
+    port: int | None = None
+    port_range: str | None = None  # "a:b"
+    protocol: Literal["tcp", "udp", "icmp", "all"] = "all"
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    log: bool = False
+
+
 class PropertyValue(Wire, frozen=True):
     value: str
 

@@ -26,6 +26,27 @@ def server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--deny-network", action="append", default=[], metavar="CIDR", dest="deny_networks"
     )
     p.add_argument(
+        "--dns-server",
+        action="append",
+        default=[],
+        metavar="IP",
+        dest="dns_servers",
+        help="nameserver for containers (repeatable; default: the host's, minus loopback ones)",
+    )
+    p.add_argument(
+        "--no-ip-forward",
+        action="store_false",
+        dest="ip_forward",
+        help="leave net.ipv4.ip_forward alone (containers then reach only this host)",
+    )
+    p.add_argument(
+        "--mtu",
+        type=int,
+        default=d.mtu,
+        metavar="N",
+        help="MTU of container links (0 = that of the host's default route)",
+    )
+    p.add_argument(
         "--default-grace-time",
         type=float,
         default=d.default_grace_time,
@@ -54,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     fields = {f for f in ServerConfig.__struct_fields__}
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["deny_networks"] = tuple(values.get("deny_networks", ()))
+    values["dns_servers"] = tuple(values.get("dns_servers", ()))
     try:
         config = msgspec.convert(values, ServerConfig)
     except msgspec.ValidationError as exc:

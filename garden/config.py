@@ -27,6 +27,12 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     port_pool_start: int = 61001
     port_pool_size: int = 4000
     deny_networks: tuple[str, ...] = ()
+    # Nameservers for containers' /etc/resolv.conf; empty: the host's, without loopback ones.
+    dns_servers: tuple[str, ...] = ()
+    # Set net.ipv4.ip_forward at start, so containers can reach other machines (tests: off).
+    ip_forward: bool = True
+    # MTU of containers' links; 0: that of the host's default route.
+    mtu: int = 0
     default_grace_time: float = 0.0
     max_containers: int = 1024
     default_rootfs: str = DEFAULT_ROOTFS
@@ -71,10 +77,17 @@ def validate(config: ServerConfig) -> ServerConfig:
             ipaddress.ip_network(net, strict=False)
         except ValueError as exc:
             raise ConfigError(f"--deny-network: {exc}") from exc
+    for server in config.dns_servers:
+        try:
+            ipaddress.ip_address(server)
+        except ValueError as exc:
+            raise ConfigError(f"--dns-server: {exc}") from exc
     if not 1 <= config.port_pool_start <= 65535 or config.port_pool_size < 0:
         raise ConfigError("--port-pool-start/--port-pool-size: out of range")
     if config.port_pool_start + config.port_pool_size - 1 > 65535:
         raise ConfigError("--port-pool-start + --port-pool-size runs past port 65535")
+    if config.mtu and not 576 <= config.mtu <= 65535:
+        raise ConfigError("--mtu: must be 576-65535 (0: that of the default route)")
     if config.default_grace_time < 0:
         raise ConfigError("--default-grace-time: must be >= 0 (0 means never)")
     if config.max_containers < 0:

@@ -14,7 +14,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from garden import __version__
-from garden.actors.ports import ContainerKernel, ProcessKernel
+from garden.actors.ports import ContainerKernel, Networker, ProcessKernel
 from garden.actors.supervisor import Supervisor
 from garden.config import ServerConfig
 from garden.events.journal import Journal
@@ -24,6 +24,7 @@ from garden.events.state import ServerState, evolve
 from garden.http.app import asgi_with_close_fix, create_app
 from garden.linux.cgroups import detect
 from garden.linux.containers import LinuxContainers
+from garden.linux.net.networker import LinuxNetworker
 from garden.linux.output import open_log_watcher
 from garden.linux.processes import LinuxProcesses
 from garden.linux.runtime import probe_runtime
@@ -57,6 +58,17 @@ async def build_kernel(config: ServerConfig) -> LinuxContainers:
     )
 
 
+def build_networker(config: ServerConfig) -> LinuxNetworker:
+    return LinuxNetworker(
+        tag=config.tag,
+        pool=config.network_pool,
+        deny_networks=config.deny_networks,
+        dns_servers=config.dns_servers,
+        ip_forward=config.ip_forward,
+        mtu=config.mtu,
+    )
+
+
 def hypercorn_config(config: ServerConfig) -> HypercornConfig:
     hc = HypercornConfig()
     binds = []
@@ -80,10 +92,15 @@ async def serve(
     *,
     kernel: ContainerKernel | None = None,
     processes: ProcessKernel | None = None,
+    networker: Networker | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until SIGTERM/SIGINT (or until cancelled). Containers and their
-    processes keep running. `kernel` and `processes` replace the real ones in unit tests."""
+    processes keep running. `kernel`, `processes` and `networker` replace the real ones in
+    unit tests."""
+    if networker is None and kernel is not None:
+        # A real networker would wire a fake kernel's "containers" into the host's network.
+        raise TypeError("serve() with a kernel of its own needs a networker of its own too")
     event_log, state = open_log(config)
     log.info("replayed records=%d containers=%d", state.last_seq, len(state.containers))
     async with AsyncExitStack() as stack:
@@ -95,7 +112,9 @@ async def serve(
                 runtime=real.runtime, socket_dir=socket_dir(config), watcher=watcher
             )
             processes.sweep_socket_dir()
-        await _serve(config, event_log, state, kernel, processes, task_status)
+        if networker is None:
+            networker = build_networker(config)
+        await _serve(config, event_log, state, kernel, processes, networker, task_status)
 
 
 def socket_dir(config: ServerConfig) -> Path:
@@ -109,6 +128,7 @@ async def _serve(
     state: ServerState,
     kernel: ContainerKernel,
     processes: ProcessKernel,
+    networker: Networker,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     journal = Journal(event_log, lambda record: evolve(state, record))
@@ -119,7 +139,12 @@ async def _serve(
             await journal.record(ServerStarted(version=__version__, pid=os.getpid()))
             async with trio.open_nursery() as inner:
                 supervisor = Supervisor(
-                    config, state=state, journal=journal, kernel=kernel, processes=processes
+                    config,
+                    state=state,
+                    journal=journal,
+                    kernel=kernel,
+                    processes=processes,
+                    networker=networker,
                 )
                 await inner.start(supervisor.run)
                 app = asgi_with_close_fix(create_app(supervisor))

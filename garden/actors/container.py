@@ -17,20 +17,22 @@ import trio
 
 from garden import faults
 from garden.actors.mailbox import Mailbox
-from garden.actors.ports import ContainerKernel, ProcessKernel
+from garden.actors.net_rules import bandwidth_after
+from garden.actors.ports import ContainerKernel, Networker, ProcessKernel
 from garden.actors.processes import ProcessTable
-from garden.api import ProcessSpec
+from garden.api import BandwidthLimits, ProcessSpec
 from garden.errors import (
     ContainerNotFoundError,
     ContainerStoppedError,
     GardenError,
     InternalError,
+    InvalidRequestError,
     ProcessIdInUseError,
 )
 from garden.events import schema as ev
 from garden.events.journal import Journal
 from garden.events.state import ContainerState, ServerState
-from garden.linux.plan import Started
+from garden.linux.plan import Bandwidth, FirewallRule, PortMap, Started
 
 log = logging.getLogger("garden.container")
 
@@ -71,7 +73,34 @@ class RunProcess(Command, frozen=True):
     process_id: str
 
 
-AnyCommand = SetProperty | DeleteProperty | SetGraceTime | Stop | Destroy | RunProcess
+class MapPort(Command, frozen=True):
+    """Forward `host_port` (already taken from the pool by the supervisor) to the container."""
+
+    host_port: int
+    container_port: int
+
+
+class AllowOut(Command, frozen=True):
+    rule: FirewallRule
+
+
+class LimitBandwidth(Command, frozen=True):
+    """Change the bandwidth limit; answers the limit in force afterwards (None: unlimited)."""
+
+    request: BandwidthLimits
+
+
+AnyCommand = (
+    SetProperty
+    | DeleteProperty
+    | SetGraceTime
+    | Stop
+    | Destroy
+    | RunProcess
+    | MapPort
+    | AllowOut
+    | LimitBandwidth
+)
 
 
 @final
@@ -84,8 +113,10 @@ class ContainerActor:
         journal: Journal,
         kernel: ContainerKernel,
         processes: ProcessKernel,
+        networker: Networker,
         stop_timeout: float,
         on_exit: Callable[[str], None],
+        on_gone: Callable[[str], None] = lambda handle: None,
     ) -> None:
         self.handle = handle
         self.mailbox: Mailbox[AnyCommand] = Mailbox()
@@ -95,8 +126,10 @@ class ContainerActor:
         self._process_kernel = processes
         self.processes = ProcessTable(handle, processes, journal)
         self._nursery: trio.Nursery | None = None
+        self._networker = networker
         self._stop_timeout = stop_timeout
         self._on_exit = on_exit
+        self._on_gone = on_gone  # the container left the state: its pool holdings are free
         self._tearing_down = False
         self._destroyed = False
 
@@ -153,11 +186,17 @@ class ContainerActor:
         with trio.CancelScope(shield=True):
             try:
                 started = await self._kernel.create(plan)
+                try:
+                    await self._networker.setup(plan, started, self.record.wiring())
+                except BaseException:
+                    await self._undo_create()
+                    raise
             except BaseException as exc:
                 reason = exc.message if isinstance(exc, GardenError) else repr(exc)
                 await self._journal.record(
                     ev.ContainerCreateFailed(handle=self.handle, reason=reason), origin=origin
                 )
+                self._on_gone(self.handle)
                 raise
             await self._journal.record(
                 ev.ContainerCreated(
@@ -174,6 +213,15 @@ class ContainerActor:
             await self._journal.record(
                 ev.ResourceSwept(kind="process", name=f"{self.handle}/{process_id}")
             )
+
+    async def _undo_create(self) -> None:
+        """The container started but could not be wired: take it down again (the network
+        set-up released its own part already)."""
+        try:
+            with trio.fail_after(DESTROY_DEADLINE):
+                await self._kernel.destroy(self.record.plan())
+        except (GardenError, OSError, trio.TooSlowError):
+            log.exception("create-undo-failed handle=%s", self.handle)
 
     async def _watch_init(self, started: Started) -> None:
         await self._kernel.wait_exit(started)
@@ -201,6 +249,15 @@ class ContainerActor:
                 await self._destroy(reason, origin)
             case RunProcess(spec=spec, process_id=process_id):
                 return await self._run_process(spec, process_id, origin)
+            case MapPort(host_port=host_port, container_port=container_port):
+                mapping = PortMap(host_port=host_port, container_port=container_port)
+                await self._map_port(mapping, origin)
+            case AllowOut(rule=rule):
+                self._need_network()
+                await self._networker.allow_out(self.record.plan(), rule)
+                await self._journal.record(ev.NetOutAllowed(handle=h, rule=rule), origin=origin)
+            case LimitBandwidth(request=request):
+                return await self._limit_bandwidth(request, origin)
         return None
 
     async def _run_process(self, spec: ProcessSpec, process_id: str, origin: ev.Origin) -> str:
@@ -243,6 +300,54 @@ class ContainerActor:
         )
         return process_id
 
+    def _need_network(self) -> None:
+        if self.record.network() is None:
+            raise InvalidRequestError(
+                "the container has no network (it was made before networking)",
+                handle=self.handle,
+            )
+
+    async def _map_port(self, mapping: PortMap, origin: ev.Origin) -> None:
+        self._need_network()
+        plan = self.record.plan()
+        await self._networker.map_port(plan, mapping)
+        try:
+            await self._journal.record(
+                ev.NetInMapped(
+                    handle=self.handle,
+                    host_port=mapping.host_port,
+                    container_port=mapping.container_port,
+                ),
+                origin=origin,
+            )
+        except BaseException:
+            # Not recorded, so not in force: the mapping must not outlive this answer.
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._networker.unmap_port(plan, mapping)
+                except GardenError:
+                    log.exception("net-in-undo-failed handle=%s", self.handle)
+            raise
+
+    async def _limit_bandwidth(
+        self, request: BandwidthLimits, origin: ev.Origin
+    ) -> Bandwidth | None:
+        self._need_network()
+        current = self.record.bandwidth
+        new = bandwidth_after(request, current)
+        if new == current:
+            return current
+        await self._networker.limit_bandwidth(self.record.plan(), current, new)
+        await self._journal.record(
+            ev.BandwidthLimitSet(
+                handle=self.handle,
+                rate=new.rate if new else 0,
+                burst=new.burst if new else 0,
+            ),
+            origin=origin,
+        )
+        return new
+
     async def _stop(self, kill: bool, origin: ev.Origin) -> None:
         if self.record.phase == "stopped":
             return
@@ -268,6 +373,8 @@ class ContainerActor:
             await self._kernel.destroy(self.record.plan())
             for process in self.processes.all():
                 await self._process_kernel.cleanup(process.facts)
+            await self._networker.teardown(self.record.plan(), self.record.wiring())
             await self._journal.record(ev.ContainerDestroyed(handle=self.handle), origin=origin)
+            self._on_gone(self.handle)
         self._destroyed = True
         log.info("destroy-finished handle=%s", self.handle)

@@ -7,14 +7,23 @@ types of `garden.linux.plan`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Literal, Protocol
 
 import trio
 
 from garden.api import ProcessSpec
-from garden.linux.plan import ContainerPlan, SpawnedProcess, Started
+from garden.linux.plan import (
+    Bandwidth,
+    ContainerPlan,
+    FirewallRule,
+    LiveNetwork,
+    NetWiring,
+    PortMap,
+    SpawnedProcess,
+    Started,
+)
 
 Liveness = Literal["running", "stopped", "gone"]
 
@@ -96,4 +105,41 @@ class ProcessKernel(Protocol):
 
     async def sweep(self, plan: ContainerPlan, known: set[str]) -> list[str]:
         """Kill and remove processes of the container that the log does not know."""
+        ...
+
+
+class Networker(Protocol):
+    """Container networking: each call is about one container's `plan.network` (and does
+    nothing when it is None, for containers made before networking existed)."""
+
+    async def restore(self, live: Sequence[LiveNetwork]) -> list[str]:
+        """At start-up, after recovery: make the kernel's network state that of `live` (every
+        mapping and rule the log records), and delete every link of ours that no live
+        container owns; return the names deleted."""
+        ...
+
+    async def setup(self, plan: ContainerPlan, started: Started, wiring: NetWiring) -> None:
+        """Wire the started container to the host (its init's namespace exists). On failure
+        everything taken is released before the error propagates."""
+        ...
+
+    async def teardown(self, plan: ContainerPlan, wiring: NetWiring) -> None:
+        """Release everything of the container after its processes are gone. Idempotent."""
+        ...
+
+    async def map_port(self, plan: ContainerPlan, mapping: PortMap) -> None: ...
+
+    async def unmap_port(self, plan: ContainerPlan, mapping: PortMap) -> None: ...
+
+    async def allow_out(self, plan: ContainerPlan, rule: FirewallRule) -> None: ...
+
+    async def limit_bandwidth(
+        self, plan: ContainerPlan, current: Bandwidth | None, new: Bandwidth | None
+    ) -> None:
+        """Change the limit in force from `current` to `new` (None: unlimited)."""
+        ...
+
+    def stats(self, plan: ContainerPlan, wiring: NetWiring) -> dict[str, int]:
+        """The container's `bandwidth_stat`: limits in force and traffic counters (quick
+        reads, no waiting)."""
         ...

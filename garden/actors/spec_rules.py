@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Callable
+from ipaddress import IPv4Network
 from pathlib import Path
 
-from garden.api import ContainerSpec, check_handle
+from garden.actors.net_rules import check_bandwidth
+from garden.actors.pools import parse_network
+from garden.api import BandwidthLimits, ContainerSpec, Limits, check_handle
 from garden.config import ServerConfig
 from garden.errors import InvalidRequestError, PrivilegedContainersDisallowedError
 
@@ -43,16 +47,45 @@ def check_spec(spec: ContainerSpec, config: ServerConfig, *, allow_privileged: b
             check_host_source(bm.src_path, config)
         else:
             check_container_path(bm.src_path, "bind mount src_path")
-    if spec.network:
-        raise InvalidRequestError("the network field is not supported by this server yet")
-    if spec.limits is not None:
-        raise InvalidRequestError("create-time limits are not supported by this server yet")
+    parse_network(spec.network, IPv4Network(config.network_pool))
+    check_limits(spec.limits)
     rootfs = spec.rootfs or config.default_rootfs
     if rootfs.startswith("raw://"):
         rootfs = rootfs[len("raw://") :]
     if not os.path.isabs(rootfs) or not os.path.isdir(rootfs):
         raise InvalidRequestError(f"rootfs {rootfs!r} is not a directory on the host")
     return str(Path(rootfs).resolve())
+
+
+def _check_bandwidth(value: object) -> None:
+    assert isinstance(value, BandwidthLimits)
+    check_bandwidth(value)
+
+
+def _not_supported_yet(kind: str) -> Callable[[object], None]:
+    def check(value: object) -> None:
+        raise InvalidRequestError(f"create-time {kind} limits are not supported by this server yet")
+
+    return check
+
+
+# One rule per kind of limit in a create's `limits`, each checking only its own object.
+LIMIT_RULES: dict[str, Callable[[object], None]] = {
+    "bandwidth": _check_bandwidth,
+    "memory": _not_supported_yet("memory"),
+    "cpu": _not_supported_yet("cpu"),
+    "disk": _not_supported_yet("disk"),
+    "pids": _not_supported_yet("pids"),
+}
+
+
+def check_limits(limits: Limits | None) -> None:
+    if limits is None:
+        return
+    for kind, rule in LIMIT_RULES.items():
+        value = getattr(limits, kind)
+        if value is not None:
+            rule(value)
 
 
 def check_env(env: list[str]) -> None:

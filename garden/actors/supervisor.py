@@ -10,28 +10,37 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from ipaddress import IPv4Address, IPv4Network
 from typing import final
 
 import trio
 
 from garden.actors.container import (
+    AllowOut,
     AnyCommand,
     ContainerActor,
     DeleteProperty,
     Destroy,
+    LimitBandwidth,
+    MapPort,
     RunProcess,
     SetGraceTime,
     SetProperty,
     Stop,
 )
 from garden.actors.grace import GraceReaper
-from garden.actors.ports import ContainerKernel, ProcessKernel
+from garden.actors.net_rules import check_port, normalise_rule
+from garden.actors.pools import Address, Holding, NetworkPools, parse_network
+from garden.actors.ports import ContainerKernel, Networker, ProcessKernel
 from garden.actors.processes import LiveProcess
 from garden.actors.spec_rules import check_property, check_spec
 from garden.api import (
+    BandwidthLimits,
     Capacity,
     ContainerInfo,
     ContainerSpec,
+    NetOutRule,
+    PortMapping,
     ProcessSpec,
     check_handle,
     check_process_id,
@@ -47,6 +56,7 @@ from garden.errors import (
 from garden.events import schema as ev
 from garden.events.journal import Journal
 from garden.events.state import ContainerState, ServerState
+from garden.linux.plan import Bandwidth, LiveNetwork, PortMap
 
 log = logging.getLogger("garden.supervisor")
 
@@ -61,12 +71,15 @@ class Supervisor:
         journal: Journal,
         kernel: ContainerKernel,
         processes: ProcessKernel,
+        networker: Networker,
     ) -> None:
         self.config = config
         self.state = state
         self.journal = journal
         self.kernel = kernel
         self.process_kernel = processes
+        self.networker = networker
+        self.pools = NetworkPools(_pool(config), config.port_pool_start, config.port_pool_size)
         self.reaper = GraceReaper(self._expire)
         self._actors: dict[str, ContainerActor] = {}
         self._reserved: set[str] = set()
@@ -97,6 +110,19 @@ class Supervisor:
         owned = {c.container_id for c in self.state.containers.values()}
         for container_id in await self.kernel.sweep(owned):
             await self.journal.record(ev.ResourceSwept(kind="container", name=container_id))
+        # Containers whose create or destroy was undone or finished above are gone from the
+        # state: restoring the network from what is left releases their part too.
+        live = [
+            LiveNetwork(plan=c.plan(), wiring=c.wiring()) for c in self.state.containers.values()
+        ]
+        for link in await self.networker.restore(live):
+            await self.journal.record(ev.ResourceSwept(kind="link", name=link))
+        self.pools = NetworkPools.rebuild(
+            _pool(self.config),
+            self.config.port_pool_start,
+            self.config.port_pool_size,
+            [_holding(c) for c in self.state.containers.values()],
+        )
 
     async def _recover_one(self, record: ContainerState) -> None:
         handle, plan = record.handle, record.plan()
@@ -134,8 +160,10 @@ class Supervisor:
             journal=self.journal,
             kernel=self.kernel,
             processes=self.process_kernel,
+            networker=self.networker,
             stop_timeout=self.config.stop_timeout,
             on_exit=self._actor_exited,
+            on_gone=self._container_gone,
         )
         self._actors[handle] = actor
         try:
@@ -149,6 +177,11 @@ class Supervisor:
     def _actor_exited(self, handle: str) -> None:
         self._actors.pop(handle, None)
         self.reaper.forget(handle)
+
+    def _container_gone(self, handle: str) -> None:
+        """Destroyed, or its create failed (and recorded so): its address and ports go back
+        to the pools before the actor answers, so the next request may take them."""
+        self.pools.release(handle)
 
     async def _expire(self, handle: str) -> None:
         actor = self._actors.get(handle)
@@ -172,6 +205,8 @@ class Supervisor:
             raise CapacityExhaustedError(
                 f"the server holds its maximum of {self.config.max_containers} containers"
             )
+        request = parse_network(spec.network, _pool(self.config))
+        address = self.pools.subnets.allocate(handle, request)
         self._reserved.add(handle)
         try:
             container_id = secrets.token_hex(8)
@@ -189,12 +224,17 @@ class Supervisor:
                     uid_base=None if spec.privileged else self.config.uid_base,
                     grace_time=grace,
                     env=list(spec.env),
+                    subnet=str(address.subnet),
+                    container_ip=str(address.container_ip),
+                    host_ip=str(address.host_ip),
                 ),
                 origin=origin,
             )
             with trio.CancelScope(shield=True):
                 await self._start_actor(handle, "create", origin)
         finally:
+            if handle not in self.state.containers:
+                self.pools.subnets.release(handle)
             self._reserved.discard(handle)
         return handle
 
@@ -239,6 +279,45 @@ class Supervisor:
             return False
         return self.process_kernel.signal(process.facts, signum)
 
+    async def net_in(
+        self, handle: str, host_port: int, container_port: int, origin: ev.Origin
+    ) -> PortMapping:
+        """Forward a host port (0: one from the pool) to a container port (0: the same)."""
+        self.container(handle)
+        if container_port:
+            check_port(container_port, "container_port")
+        if host_port:
+            check_port(host_port, "host_port")
+        port = self.pools.ports.allocate(handle, host_port)
+        mapping = PortMap(host_port=port, container_port=container_port or port)
+        try:
+            await self.send(
+                handle,
+                MapPort(
+                    host_port=mapping.host_port,
+                    container_port=mapping.container_port,
+                    origin=origin,
+                ),
+            )
+        except BaseException:
+            self.pools.ports.release(handle, port)
+            raise
+        return PortMapping(host_port=mapping.host_port, container_port=mapping.container_port)
+
+    async def net_out(self, handle: str, rule: NetOutRule, origin: ev.Origin) -> None:
+        self.container(handle)
+        await self.send(handle, AllowOut(rule=normalise_rule(rule), origin=origin))
+
+    async def limit_bandwidth(
+        self, handle: str, request: BandwidthLimits, origin: ev.Origin
+    ) -> BandwidthLimits:
+        result = await self.send(handle, LimitBandwidth(request=request, origin=origin))
+        assert result is None or isinstance(result, Bandwidth)
+        return _bandwidth_limits(result)
+
+    def bandwidth(self, handle: str) -> BandwidthLimits:
+        return _bandwidth_limits(self.container(handle).bandwidth)
+
     # ----- reads -----
 
     def actor(self, handle: str) -> ContainerActor:
@@ -273,13 +352,17 @@ class Supervisor:
         return ContainerInfo(
             state="stopped" if c.phase == "stopped" else "active",
             events=list(c.events),
-            host_ip="",
-            container_ip="",
+            host_ip=c.host_ip,
+            container_ip=c.container_ip,
             container_path=c.container_path,
             process_ids=[p.process_id for p in self.actor(handle).processes.running()],
             properties=dict(c.properties),
-            mapped_ports=[],
+            mapped_ports=[
+                PortMapping(host_port=m.host_port, container_port=m.container_port)
+                for m in c.mapped_ports
+            ],
             grace_time=c.grace_time,
+            bandwidth_stat=self.networker.stats(c.plan(), c.wiring()),
         )
 
     def get_property(self, handle: str, key: str) -> str:
@@ -293,8 +376,33 @@ class Supervisor:
         return Capacity(
             memory_in_bytes=_memory_total(),
             disk_in_bytes=stat.f_bavail * stat.f_frsize,
-            max_containers=max(0, self.config.max_containers - len(self.state.containers)),
+            max_containers=max(
+                0,
+                min(
+                    self.config.max_containers - len(self.state.containers),
+                    self.pools.subnets.free_dynamic(),
+                ),
+            ),
         )
+
+
+def _pool(config: ServerConfig) -> IPv4Network:
+    return IPv4Network(config.network_pool)
+
+
+def _holding(c: ContainerState) -> Holding:
+    address = None
+    if c.subnet:
+        address = Address(
+            IPv4Network(c.subnet), IPv4Address(c.container_ip), IPv4Address(c.host_ip)
+        )
+    return Holding(c.handle, address, [m.host_port for m in c.mapped_ports])
+
+
+def _bandwidth_limits(limit: Bandwidth | None) -> BandwidthLimits:
+    if limit is None:
+        return BandwidthLimits(rate=0, burst=0)
+    return BandwidthLimits(rate=limit.rate, burst=limit.burst)
 
 
 def _memory_total() -> int:

@@ -13,7 +13,7 @@ from typing import Literal
 import msgspec
 
 from garden.api import ContainerSpec
-from garden.linux.plan import SpawnedProcess
+from garden.linux.plan import FirewallRule, SpawnedProcess
 
 SCHEMA_VERSION = 1
 
@@ -35,6 +35,10 @@ class ContainerCreateStarted(Event, tag=True, frozen=True):
     uid_base: int | None
     grace_time: float
     env: list[str]
+    # The address taken from the pools (empty: a container made before networking existed).
+    subnet: str = ""
+    container_ip: str = ""
+    host_ip: str = ""
 
 
 class ContainerCreated(Event, tag=True, frozen=True):
@@ -106,6 +110,31 @@ class ProcessExited(Event, tag=True, frozen=True):
     lost: bool = False
 
 
+class NetInMapped(Event, tag=True, frozen=True):
+    """Traffic to `host_port` on the host is forwarded to `container_port` of the container;
+    the host port is taken from the pool until the container is destroyed."""
+
+    handle: str
+    host_port: int
+    container_port: int
+
+
+class NetOutAllowed(Event, tag=True, frozen=True):
+    """A hole in the denied networks for the container's outbound traffic."""
+
+    handle: str
+    rule: FirewallRule
+
+
+class BandwidthLimitSet(Event, tag=True, frozen=True):
+    """The container's traffic in each direction is shaped to `rate` bytes/s with `burst`
+    bytes of bucket; rate 0 means unlimited."""
+
+    handle: str
+    rate: int
+    burst: int
+
+
 class ResourceSwept(Event, tag=True, frozen=True):
     """A kernel resource with our marks but no owner was found and released at start-up."""
 
@@ -131,6 +160,9 @@ AnyEvent = (
     | ContainerDestroyed
     | ProcessStarted
     | ProcessExited
+    | NetInMapped
+    | NetOutAllowed
+    | BandwidthLimitSet
     | ResourceSwept
     | ServerStarted
 )

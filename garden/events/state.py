@@ -15,7 +15,17 @@ import msgspec
 
 from garden.api import ContainerSpec
 from garden.events import schema as ev
-from garden.linux.plan import ContainerPlan, MountPlan, SpawnedProcess, Started
+from garden.linux.plan import (
+    Bandwidth,
+    ContainerPlan,
+    FirewallRule,
+    MountPlan,
+    NetWiring,
+    NetworkPlan,
+    PortMap,
+    SpawnedProcess,
+    Started,
+)
 
 Phase = Literal["creating", "active", "stopped", "destroying"]
 
@@ -45,6 +55,24 @@ class ContainerState(msgspec.Struct, frozen=True, kw_only=True):
     pid_start_time: int = 0
     created_seq: int = 0
     processes: dict[str, ProcessState] = {}
+    subnet: str = ""
+    container_ip: str = ""
+    host_ip: str = ""
+    mapped_ports: list[PortMap] = []
+    net_out: list[FirewallRule] = []
+    bandwidth: Bandwidth | None = None
+
+    def network(self) -> NetworkPlan | None:
+        if not self.subnet:
+            return None
+        return NetworkPlan(subnet=self.subnet, container_ip=self.container_ip, host_ip=self.host_ip)
+
+    def wiring(self) -> NetWiring:
+        return NetWiring(
+            mapped_ports=list(self.mapped_ports),
+            rules=list(self.net_out),
+            bandwidth=self.bandwidth,
+        )
 
     def plan(self) -> ContainerPlan:
         """The kernel-side facts needed to build, find or tear down this container."""
@@ -72,6 +100,7 @@ class ContainerState(msgspec.Struct, frozen=True, kw_only=True):
             bind_mounts=mounts,
             uid_base=self.uid_base,
             cgroup_path=self.cgroup_path,
+            network=self.network(),
         )
 
     def started(self) -> Started | None:
@@ -111,6 +140,10 @@ def evolve(state: ServerState, record: ev.Record) -> None:
                 grace_time=event.grace_time,
                 properties=event.spec.property_dict(),
                 created_seq=record.seq,
+                subnet=event.subnet,
+                container_ip=event.container_ip,
+                host_ip=event.host_ip,
+                bandwidth=_create_time_bandwidth(event.spec),
             )
         case ev.ContainerCreateFailed() | ev.ContainerDestroyed():
             containers.pop(event.handle, None)
@@ -151,7 +184,23 @@ def _evolve_container(c: ContainerState, event: ev.AnyEvent) -> ContainerState:
                 return c
             done = replace(current, exit_status=event.exit_status)
             return replace(c, processes={**c.processes, event.process_id: done})
+        case ev.NetInMapped():
+            mapping = PortMap(host_port=event.host_port, container_port=event.container_port)
+            return replace(c, mapped_ports=[*c.mapped_ports, mapping])
+        case ev.NetOutAllowed():
+            return replace(c, net_out=[*c.net_out, event.rule])
+        case ev.BandwidthLimitSet():
+            limit = Bandwidth(rate=event.rate, burst=event.burst) if event.rate else None
+            return replace(c, bandwidth=limit)
     return c
+
+
+def _create_time_bandwidth(spec: ContainerSpec) -> Bandwidth | None:
+    """The create's `limits.bandwidth`, as checked before the intent was recorded."""
+    bw = spec.limits.bandwidth if spec.limits is not None else None
+    if bw is None or not bw.rate:
+        return None
+    return Bandwidth(rate=bw.rate, burst=bw.burst or 0)
 
 
 def replay(records: Iterable[ev.Record]) -> ServerState:

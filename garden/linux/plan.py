@@ -21,6 +21,46 @@ class MountPlan(msgspec.Struct, frozen=True, kw_only=True):
     origin: str = "Host"
 
 
+class NetworkPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """The container's addresses: `subnet` as CIDR; the container end of its veth gets
+    `container_ip`, the host end (or the subnet's bridge) `host_ip`, the container's gateway."""
+
+    subnet: str
+    container_ip: str
+    host_ip: str
+
+
+class PortMap(msgspec.Struct, frozen=True, kw_only=True):
+    host_port: int
+    container_port: int
+
+
+class FirewallRule(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A hole in the denied networks for one container's outbound traffic, normalised: every
+    field that is empty/zero/None matches anything."""
+
+    networks: list[tuple[str, str]] = []  # inclusive address ranges (first, last)
+    ports: list[tuple[int, int]] = []  # inclusive destination port ranges (tcp/udp only)
+    protocol: str = "all"  # "tcp" | "udp" | "icmp" | "all"
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    log: bool = False
+
+
+class Bandwidth(msgspec.Struct, frozen=True, kw_only=True):
+    rate: int  # bytes per second
+    burst: int  # bytes
+
+
+class NetWiring(msgspec.Struct, frozen=True, kw_only=True):
+    """What a container has beyond its addresses: net-in mappings, net-out holes, and its
+    bandwidth limit (None: unlimited)."""
+
+    mapped_ports: list[PortMap] = []
+    rules: list[FirewallRule] = []
+    bandwidth: Bandwidth | None = None
+
+
 class ContainerPlan(msgspec.Struct, frozen=True, kw_only=True):
     handle: str
     container_id: str  # runtime id; also the name of the cgroup leaf
@@ -32,6 +72,7 @@ class ContainerPlan(msgspec.Struct, frozen=True, kw_only=True):
     uid_base: int | None  # host uid of container root; None = privileged (no user namespace)
     cgroup_path: str  # e.g. "/garden/<container_id>", the same in every hierarchy
     netns_path: str | None = None  # join this network namespace instead of a new empty one
+    network: NetworkPlan | None = None  # None: only a loopback (containers made before networking)
 
 
 class Started(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,3 +100,10 @@ class SpawnedProcess(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def exit_path(self) -> Path:
         return Path(self.process_dir) / "exit" / self.container_id
+
+
+class LiveNetwork(msgspec.Struct, frozen=True, kw_only=True):
+    """A container the log says exists, as the networker's start-up `restore` needs it."""
+
+    plan: ContainerPlan
+    wiring: NetWiring

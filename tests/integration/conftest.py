@@ -4,6 +4,8 @@ check after every test that nothing of that tag is left in the kernel."""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -11,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import trio
 
 from garden.config import DEFAULT_ROOTFS, ServerConfig
 from garden.linux.cgroups import detect
+from garden.linux.net.netlink import list_links
 from garden.linux.rootfs import mounts_under
 from garden.main import serve
 
@@ -55,9 +59,63 @@ def new_tag() -> str:
     return "t" + secrets.token_hex(3)
 
 
-def leftovers(config: ServerConfig) -> list[str]:
-    """Every kernel resource and file of this server's tag that still exists."""
+def random_pool() -> str:
+    """A /22 of its own for each test server inside 10.128.0.0/9 (never the default pool), so
+    that servers running at the same time never make the same subnet."""
+    return str(ipaddress.IPv4Network((0x0A800000 + secrets.randbelow(1 << 13) * 1024, 22)))
+
+
+PORT_POOL_SIZE = 100
+
+
+def random_port_pool_start() -> int:
+    """Host ports of its own for each test server's net-in mappings."""
+    return 40000 + secrets.randbelow(200) * PORT_POOL_SIZE
+
+
+def our_links(tag: str) -> list[str]:
+    return list_links(tag)
+
+
+def nft_leftovers(tag: str, pool: str) -> list[str]:
+    """Per-container state in our nftables table: map elements, chains of holes, subnets
+    other than the pool."""
+    proc = subprocess.run(
+        ["nft", "-j", "list", "table", "ip", tag], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        return []  # no table: nothing of ours
     found: list[str] = []
+    for item in json.loads(proc.stdout)["nftables"]:
+        if "chain" in item and item["chain"]["name"].startswith("out_"):
+            found.append(f"nft chain {item['chain']['name']}")
+        for kind in ("map", "set"):
+            if kind not in item:
+                continue
+            obj = item[kind]
+            elems = obj.get("elem", [])
+            if obj["name"] == "subnets":
+                elems = [e for e in elems if e != {"prefix": _prefix(pool)}]
+            if obj["name"] != "deny" and elems:
+                found.append(f"nft {kind} {obj['name']}: {elems}")
+    return found
+
+
+def _prefix(cidr: str) -> dict[str, object]:
+    net = ipaddress.IPv4Network(cidr)
+    return {"addr": str(net.network_address), "len": net.prefixlen}
+
+
+def leftovers(config: ServerConfig, settle: float = 5.0) -> list[str]:
+    """Every kernel resource and file of this server's tag that still exists. A container's
+    veth goes away with its network namespace, which the kernel cleans up asynchronously
+    after the last process died: links get up to `settle` seconds to go (nothing to await)."""
+    found: list[str] = []
+    deadline = time.monotonic() + settle
+    while (links := our_links(config.tag)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    found += [f"link {n}" for n in links]
+    found += nft_leftovers(config.tag, config.network_pool)
     cg = detect()
     found += [f"cgroup {c}" for c in cg.children(config.cgroup_parent)]
     containers = Path(config.state_dir, "containers")
@@ -72,11 +130,12 @@ def leftovers(config: ServerConfig) -> list[str]:
 
 async def force_cleanup(config: ServerConfig) -> None:
     """Release whatever a failed test left, so one failure does not leak into the machine."""
-    from garden.main import build_kernel
+    from garden.main import build_kernel, build_networker
 
     kernel = await build_kernel(config)
     await kernel.sweep(set())
     await detect().remove(config.cgroup_parent, timeout=5)
+    await build_networker(config).remove_all()
 
 
 def make_config(state_dir: Path, **overrides: object) -> ServerConfig:
@@ -85,6 +144,10 @@ def make_config(state_dir: Path, **overrides: object) -> ServerConfig:
         "bind_port": 0,
         "tag": new_tag(),
         "handle_signals": False,
+        "network_pool": random_pool(),
+        "port_pool_start": random_port_pool_start(),
+        "port_pool_size": PORT_POOL_SIZE,
+        "ip_forward": False,
     }
     values.update(overrides)
     import msgspec
@@ -100,9 +163,18 @@ class Server:
 
 
 @pytest.fixture
-async def server(state_dir: Path, nursery: trio.Nursery) -> AsyncIterator[Server]:
+def server_overrides() -> dict[str, object]:
+    """Config values for the `server` fixture; a test module overrides this fixture to run
+    its server with other flags."""
+    return {}
+
+
+@pytest.fixture
+async def server(
+    state_dir: Path, nursery: trio.Nursery, server_overrides: dict[str, object]
+) -> AsyncIterator[Server]:
     needs_root()
-    config = make_config(state_dir)
+    config = make_config(state_dir, **server_overrides)
     binds = await nursery.start(serve, config)
     try:
         async with httpx.AsyncClient(base_url=binds[0], timeout=60) as client:
@@ -112,7 +184,7 @@ async def server(state_dir: Path, nursery: trio.Nursery) -> AsyncIterator[Server
                 r = await client.delete(f"/containers/{handle}")
                 assert r.status_code == 200, r.text
             nursery.cancel_scope.cancel()
-        assert leftovers(config) == []
+        assert await trio.to_thread.run_sync(leftovers, config) == []
     finally:
         with trio.CancelScope(shield=True):
             await force_cleanup(config)
@@ -130,15 +202,26 @@ class ServerProcess:
     def __init__(self, state_dir: Path, tag: str) -> None:
         self.state_dir = state_dir
         self.tag = tag
+        self.pool = random_pool()
+        self.port_pool_start = random_port_pool_start()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []
         self.log = state_dir.parent / "server.log"
         state_dir.parent.mkdir(parents=True, exist_ok=True)
 
     @property
     def config(self) -> ServerConfig:
-        return ServerConfig(state_dir=str(self.state_dir), tag=self.tag, bind_port=self.port)
+        return ServerConfig(
+            state_dir=str(self.state_dir),
+            tag=self.tag,
+            bind_port=self.port,
+            network_pool=self.pool,
+            port_pool_start=self.port_pool_start,
+            port_pool_size=PORT_POOL_SIZE,
+            ip_forward=False,
+        )
 
     def start(self, crash_at: str = "") -> None:
         """Start the server; `crash_at` arms its crash points (garden/faults.py)."""
@@ -148,6 +231,9 @@ class ServerProcess:
         argv = [
             sys.executable, "-m", "garden.cli", "server",
             "--state-dir", str(self.state_dir), "--bind-port", str(self.port), "--tag", self.tag,
+            "--network-pool", self.pool, "--no-ip-forward",
+            "--port-pool-start", str(self.port_pool_start),
+            "--port-pool-size", str(PORT_POOL_SIZE), *self.extra_args,
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -163,8 +249,6 @@ class ServerProcess:
                 if self.proc.poll() is not None:
                     break
                 # Waiting for another process to bind its port: nothing to await but time.
-                import time
-
                 time.sleep(0.025)
         raise AssertionError(f"server did not start:\n{self.log.read_text()[-3000:]}")
 

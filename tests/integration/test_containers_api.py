@@ -75,9 +75,9 @@ async def test_create_is_real_and_destroy_leaves_nothing(server: Server, tmp_pat
     assert write_ro.returncode != 0
     assert not (ro / "f").exists()
     assert runc(server, "exec", cid, "cat", "/mnt/ro/hello").stdout == "from host"
-    # Only loopback in the network namespace until the networking issue lands.
+    # Loopback and the container end of its veth (tests/integration/net/ has the rest).
     links = runc(server, "exec", cid, "ls", "/sys/class/net").stdout.split()
-    assert links == ["lo"]
+    assert links == ["eth0", "lo"]
 
     r = await c.delete("/containers/integration-one")
     assert r.status_code == 200, r.text

@@ -1,10 +1,10 @@
-"""Fakes for unit tests of the actors: a kernel that records calls instead of making
-containers."""
+"""Fakes for unit tests of the actors: a kernel and a networker that record calls instead of
+making containers and links."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import final
 
@@ -13,7 +13,17 @@ import trio
 from garden.actors.ports import Liveness
 from garden.api import ProcessSpec
 from garden.errors import ExecutableNotFoundError, RuntimeFailedError
-from garden.linux.plan import ContainerPlan, SpawnedProcess, Started
+from garden.linux.net.netlink import NetworkError
+from garden.linux.plan import (
+    Bandwidth,
+    ContainerPlan,
+    FirewallRule,
+    LiveNetwork,
+    NetWiring,
+    PortMap,
+    SpawnedProcess,
+    Started,
+)
 
 
 @final
@@ -160,3 +170,72 @@ class FakeProcesses:
     async def sweep(self, plan: ContainerPlan, known: set[str]) -> list[str]:
         await trio.lowlevel.checkpoint()
         return []
+
+
+@final
+class FakeNetworker:
+    """Records what the actors ask of the network side; `fail_setup` makes a set-up fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail_setup: set[str] = set()
+        self.mapped: dict[int, tuple[str, int]] = {}
+        self.rules: dict[str, list[FirewallRule]] = {}
+        self.bandwidth: dict[str, Bandwidth] = {}
+        self.restored: list[LiveNetwork] = []
+
+    async def restore(self, live: Sequence[LiveNetwork]) -> list[str]:
+        self.calls.append(("restore", ",".join(sorted(c.plan.handle for c in live))))
+        await trio.lowlevel.checkpoint()
+        self.restored = list(live)
+        self.mapped = {
+            m.host_port: (c.plan.handle, m.container_port)
+            for c in live
+            for m in c.wiring.mapped_ports
+        }
+        return []
+
+    async def setup(self, plan: ContainerPlan, started: Started, wiring: NetWiring) -> None:
+        self.calls.append(("setup", plan.handle))
+        await trio.lowlevel.checkpoint()
+        if plan.handle in self.fail_setup:
+            raise NetworkError(f"connect {plan.handle}", "boom")
+        if wiring.bandwidth is not None:
+            self.bandwidth[plan.handle] = wiring.bandwidth
+
+    async def teardown(self, plan: ContainerPlan, wiring: NetWiring) -> None:
+        self.calls.append(("teardown", plan.handle))
+        await trio.lowlevel.checkpoint()
+        for m in wiring.mapped_ports:
+            self.mapped.pop(m.host_port, None)
+        self.rules.pop(plan.handle, None)
+        self.bandwidth.pop(plan.handle, None)
+
+    async def map_port(self, plan: ContainerPlan, mapping: PortMap) -> None:
+        self.calls.append(("map_port", plan.handle))
+        await trio.lowlevel.checkpoint()
+        self.mapped[mapping.host_port] = (plan.handle, mapping.container_port)
+
+    async def unmap_port(self, plan: ContainerPlan, mapping: PortMap) -> None:
+        self.calls.append(("unmap_port", plan.handle))
+        await trio.lowlevel.checkpoint()
+        self.mapped.pop(mapping.host_port, None)
+
+    async def allow_out(self, plan: ContainerPlan, rule: FirewallRule) -> None:
+        self.calls.append(("allow_out", plan.handle))
+        await trio.lowlevel.checkpoint()
+        self.rules.setdefault(plan.handle, []).append(rule)
+
+    async def limit_bandwidth(
+        self, plan: ContainerPlan, current: Bandwidth | None, new: Bandwidth | None
+    ) -> None:
+        self.calls.append(("limit_bandwidth", plan.handle))
+        await trio.lowlevel.checkpoint()
+        if new is None:
+            self.bandwidth.pop(plan.handle, None)
+        else:
+            self.bandwidth[plan.handle] = new
+
+    def stats(self, plan: ContainerPlan, wiring: NetWiring) -> dict[str, int]:
+        bw = wiring.bandwidth
+        return {"in_rate": bw.rate if bw else 0, "out_rate": bw.rate if bw else 0}

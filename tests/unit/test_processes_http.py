@@ -16,7 +16,7 @@ from garden.config import ServerConfig
 from garden.errors import InvalidRequestError
 from garden.http.routes_processes import signal_number
 from garden.main import serve
-from tests.unit.fakes import FakeKernel, FakeProcesses
+from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
 
 
 @pytest.fixture
@@ -33,7 +33,9 @@ async def fake(
         handle_signals=False,
     )
     processes = FakeProcesses()
-    binds = await nursery.start(partial(serve, config, kernel=FakeKernel(), processes=processes))
+    binds = await nursery.start(
+        partial(serve, config, kernel=FakeKernel(), processes=processes, networker=FakeNetworker())
+    )
     async with httpx.AsyncClient(base_url=binds[0]) as c:
         assert (await c.post("/containers", json={"handle": "c"})).status_code == 200
         yield c, processes

@@ -25,7 +25,7 @@ from garden.events import schema as ev
 from garden.events.journal import Journal
 from garden.events.log import EventLog
 from garden.events.state import evolve, replay
-from tests.unit.fakes import FakeKernel, FakeProcesses
+from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
 
 ORIGIN = ev.Origin(request_id="test", client="127.0.0.1")
 
@@ -41,8 +41,10 @@ def make_config(tmp_path: Path, **kw: object) -> ServerConfig:
 
 @asynccontextmanager
 async def running(
-    config: ServerConfig, kernel: FakeKernel
+    config: ServerConfig, kernel: FakeKernel, networker: FakeNetworker | None = None
 ) -> AsyncIterator[tuple[Supervisor, EventLog]]:
+    if networker is None:
+        networker = FakeNetworker()
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
     log = EventLog.open(Path(config.state_dir) / "events.log")
     state = replay(log.records())
@@ -51,7 +53,12 @@ async def running(
         async with trio.open_nursery() as nursery:
             await nursery.start(journal.run)
             sup = Supervisor(
-                config, state=state, journal=journal, kernel=kernel, processes=FakeProcesses()
+                config,
+                state=state,
+                journal=journal,
+                kernel=kernel,
+                processes=FakeProcesses(),
+                networker=networker,
             )
             await nursery.start(sup.run)
             yield sup, log
@@ -131,7 +138,13 @@ async def test_failed_create_leaves_no_state_and_is_logged(tmp_path: Path) -> No
         {"bind_mounts": [{"src_path": "/tmp", "dst_path": "relative"}]},
         {"bind_mounts": [{"src_path": "/tmp", "dst_path": "/a/../../b"}]},
         {"rootfs": "/definitely/missing/rootfs"},
-        {"network": "10.0.0.0/30"},
+        {"network": "nonsense"},
+        {"network": "10.254.1.0/24"},  # overlaps the dynamic pool
+        {"network": "10.0.0.0/31"},  # no room for the host side
+        {"network": "10.0.0.3/30"},  # the broadcast address
+        {"network": "10.0.0.2/30"},  # the host side
+        {"limits": {"bandwidth": {"rate": 1000, "burst": 10}}},  # burst below one frame
+        {"limits": {"memory": {"limit_in_bytes": 1 << 30}}},  # not implemented yet
     ],
 )
 async def test_bad_spec_is_rejected_before_anything_is_recorded(

@@ -18,7 +18,7 @@ from garden.api import (
     Property,
 )
 from garden.events import schema as s
-from garden.linux.plan import SpawnedProcess
+from garden.linux.plan import FirewallRule, SpawnedProcess
 
 text = st.text(max_size=24)
 ints = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -77,6 +77,15 @@ facts = st.builds(
     tty=st.booleans(),
     stdin=st.booleans(),
 )
+rules = st.builds(
+    FirewallRule,
+    networks=st.lists(st.tuples(text, text), max_size=2),
+    ports=st.lists(st.tuples(ints, ints), max_size=2),
+    protocol=st.sampled_from(["tcp", "udp", "icmp", "all"]),
+    icmp_type=opt_int,
+    icmp_code=opt_int,
+    log=st.booleans(),
+)
 
 EVENTS: dict[type, st.SearchStrategy[s.AnyEvent]] = {
     s.ContainerCreateStarted: st.builds(
@@ -90,6 +99,9 @@ EVENTS: dict[type, st.SearchStrategy[s.AnyEvent]] = {
         uid_base=opt_int,
         grace_time=floats,
         env=st.lists(text, max_size=3),
+        subnet=text,
+        container_ip=text,
+        host_ip=text,
     ),
     s.ContainerCreated: st.builds(s.ContainerCreated, handle=text, pid=ints, pid_start_time=ints),
     s.ContainerCreateFailed: st.builds(s.ContainerCreateFailed, handle=text, reason=text),
@@ -116,6 +128,9 @@ EVENTS: dict[type, st.SearchStrategy[s.AnyEvent]] = {
     s.ProcessExited: st.builds(
         s.ProcessExited, handle=text, process_id=text, exit_status=ints, lost=st.booleans()
     ),
+    s.NetInMapped: st.builds(s.NetInMapped, handle=text, host_port=ints, container_port=ints),
+    s.NetOutAllowed: st.builds(s.NetOutAllowed, handle=text, rule=rules),
+    s.BandwidthLimitSet: st.builds(s.BandwidthLimitSet, handle=text, rate=ints, burst=ints),
     s.ResourceSwept: st.builds(s.ResourceSwept, kind=text, name=text),
     s.ServerStarted: st.builds(s.ServerStarted, version=text, pid=ints),
 }
