@@ -191,6 +191,7 @@ class ContainerActor:
                 except BaseException:
                     await self._undo_create()
                     raise
+                faults.reached("create:after-network")
             except BaseException as exc:
                 reason = exc.message if isinstance(exc, GardenError) else repr(exc)
                 await self._journal.record(
@@ -311,6 +312,7 @@ class ContainerActor:
         self._need_network()
         plan = self.record.plan()
         await self._networker.map_port(plan, mapping)
+        faults.reached("net:after-map")
         try:
             await self._journal.record(
                 ev.NetInMapped(
@@ -338,6 +340,7 @@ class ContainerActor:
         if new == current:
             return current
         await self._networker.limit_bandwidth(self.record.plan(), current, new)
+        faults.reached("net:after-limit")
         await self._journal.record(
             ev.BandwidthLimitSet(
                 handle=self.handle,

@@ -22,6 +22,7 @@ from typing import final
 
 import trio
 
+from garden import faults
 from garden.errors import GardenError
 from garden.linux.net import hosts, names, netlink, nft, tc
 from garden.linux.plan import (
@@ -137,6 +138,7 @@ class LinuxNetworker:
                 undo.push_async_callback(self._leave_subnet, net)
             undo.push_async_callback(_quietly, "disconnect", self._disconnect, net)
             await trio.to_thread.run_sync(netlink.connect, self.tag, net, started.pid, self.mtu)
+            faults.reached("net:after-connect")
             await trio.to_thread.run_sync(self._write_name_files, plan)
             if wiring.bandwidth is not None:
                 undo.push_async_callback(_quietly, "clear limit", self._clear_limit, net)
