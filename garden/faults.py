@@ -3,7 +3,8 @@ server SIGKILL itself the first time it reaches a named point (`<point>#<n>`: th
 
 Points are placed where a real crash would hurt most: right after a record is durable but
 before anyone is answered (`record:<EventType>`), and between the kernel steps of a create or a
-destroy (`create:<step>`, `destroy:<step>`) or of a network change (`net:<step>`). Without the variable every call is a dict lookup.
+destroy (`create:<step>`, `destroy:<step>`) or of a network change (`net:<step>`). Without the
+variable every call is a dict lookup.
 """
 
 from __future__ import annotations
