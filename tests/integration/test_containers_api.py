@@ -168,18 +168,22 @@ async def test_unix_socket_listener(state_dir: Path, nursery: object) -> None:
     import trio
 
     from garden.main import serve
-    from tests.integration.conftest import make_config, needs_root
+    from tests.integration.conftest import force_cleanup, make_config, needs_root
 
     needs_root()
     sock = state_dir.parent / "garden.sock"
     config = make_config(state_dir, bind_socket=str(sock))
     assert isinstance(nursery, trio.Nursery)
-    await nursery.start(serve, config)
-    mode = stat.S_IMODE(sock.stat().st_mode)
-    assert mode == 0o660
-    transport = httpx.AsyncHTTPTransport(uds=str(sock))
-    async with httpx.AsyncClient(transport=transport, base_url="http://garden") as c:
-        r = await c.get("/ping")
-        assert r.status_code == 200
-        assert r.json() == {}
-    nursery.cancel_scope.cancel()
+    try:
+        await nursery.start(serve, config)
+        mode = stat.S_IMODE(sock.stat().st_mode)
+        assert mode == 0o660
+        transport = httpx.AsyncHTTPTransport(uds=str(sock))
+        async with httpx.AsyncClient(transport=transport, base_url="http://garden") as c:
+            r = await c.get("/ping")
+            assert r.status_code == 200
+            assert r.json() == {}
+        nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await force_cleanup(config)  # the server's nftables table and cgroup parent
