@@ -24,6 +24,7 @@ from garden.events.state import ServerState, evolve
 from garden.http.app import asgi_with_close_fix, create_app
 from garden.linux.cgroups import detect
 from garden.linux.containers import LinuxContainers
+from garden.linux.keys import ensure_key_quota
 from garden.linux.net.networker import LinuxNetworker
 from garden.linux.output import open_log_watcher
 from garden.linux.processes import LinuxProcesses
@@ -49,6 +50,7 @@ def open_log(config: ServerConfig) -> tuple[EventLog, ServerState]:
 async def build_kernel(config: ServerConfig) -> LinuxContainers:
     state_dir = config.state_path
     runtime = await probe_runtime(config.runtime, root=state_dir / "runtime")
+    ensure_key_quota(config.max_containers)
     return LinuxContainers(
         state_dir=state_dir,
         runtime=runtime,
