@@ -124,6 +124,17 @@ class ContainerInfo(Wire, frozen=True):
     cpu_stat: dict[str, int] = {}
     disk_stat: dict[str, int] = {}
     bandwidth_stat: dict[str, int] = {}
+    pids_stat: dict[str, int] = {}
+
+
+class ContainerMetrics(Wire, frozen=True):
+    """`GET /containers/:h/metrics`: the figures of info, read from the kernel now."""
+
+    memory_stat: dict[str, int] = {}
+    cpu_stat: dict[str, int] = {}
+    disk_stat: dict[str, int] = {}
+    bandwidth_stat: dict[str, int] = {}
+    pids_stat: dict[str, int] = {}
 
 
 class NetInRequest(Wire, frozen=True):

@@ -16,12 +16,14 @@ import msgspec
 import trio
 
 from garden import faults
+from garden import limits as lim
 from garden.actors.mailbox import Mailbox
 from garden.actors.net_rules import bandwidth_after
 from garden.actors.ports import ContainerKernel, Networker, ProcessKernel
 from garden.actors.processes import ProcessTable
-from garden.api import BandwidthLimits, ProcessSpec
+from garden.api import BandwidthLimits, Limits, ProcessSpec
 from garden.errors import (
+    ConflictError,
     ContainerNotFoundError,
     ContainerStoppedError,
     GardenError,
@@ -32,7 +34,7 @@ from garden.errors import (
 from garden.events import schema as ev
 from garden.events.journal import Journal
 from garden.events.state import ContainerState, ServerState
-from garden.linux.plan import Bandwidth, FirewallRule, PortMap, Started
+from garden.linux.plan import Bandwidth, FirewallRule, LimitChange, PortMap, Started
 
 log = logging.getLogger("garden.container")
 
@@ -90,6 +92,16 @@ class LimitBandwidth(Command, frozen=True):
     request: BandwidthLimits
 
 
+class SetLimits(Command, frozen=True):
+    """Apply a limits request (checked already); the answer is the `Limits` in force."""
+
+    limits: Limits
+
+
+class HandleOom(Command, frozen=True):
+    """Sent by the actor's own OOM watcher: stop the container and record the OOM."""
+
+
 AnyCommand = (
     SetProperty
     | DeleteProperty
@@ -100,7 +112,11 @@ AnyCommand = (
     | MapPort
     | AllowOut
     | LimitBandwidth
+    | SetLimits
+    | HandleOom
 )
+
+_CGROUP_KINDS = frozenset({"memory", "cpu", "pids"})
 
 
 @final
@@ -162,6 +178,10 @@ class ContainerActor:
                     process = self.processes.add(state.process_id, state.facts, state.exit_status)
                     if process.running:
                         nursery.start_soon(self.processes.watch, process)
+                if self.record.phase == "active" or (
+                    self.record.phase == "stopped" and "oom" not in self.record.events
+                ):
+                    nursery.start_soon(self._watch_oom)
                 async for command, reply in self.mailbox.commands():
                     try:
                         reply.succeed(await self._handle(command))
@@ -199,12 +219,10 @@ class ContainerActor:
                 )
                 self._on_gone(self.handle)
                 raise
-            await self._journal.record(
-                ev.ContainerCreated(
-                    handle=self.handle, pid=started.pid, pid_start_time=started.pid_start_time
-                ),
-                origin=origin,
+            created = ev.ContainerCreated(
+                handle=self.handle, pid=started.pid, pid_start_time=started.pid_start_time
             )
+            await self._journal.record(created, *await self._limits_read_back(), origin=origin)
         log.info("create-finished handle=%s pid=%d", self.handle, started.pid)
 
     async def _sweep_unrecorded_processes(self) -> None:
@@ -230,6 +248,26 @@ class ContainerActor:
             return
         log.warning("init-exited handle=%s pid=%d", self.handle, started.pid)
         await self._journal.record(ev.ContainerStopped(handle=self.handle, reason="init-exited"))
+
+    async def _limits_read_back(self) -> list[ev.AnyEvent]:
+        """The create-time cgroup limits as the kernel holds them (rounded), to record."""
+        kinds = lim.kinds_of(self.record.limits) & _CGROUP_KINDS
+        if not kinds:
+            return []
+        try:
+            kernel = await self._kernel.set_limits(self.record.plan(), LimitChange())
+        except GardenError as exc:
+            log.warning("limits-read-back-failed handle=%s error=%s", self.handle, exc)
+            return []
+        in_force = lim.with_kernel_values(self.record.limits, kernel, kinds)
+        return [ev.LimitsSet(handle=self.handle, limits=lim.only_kinds(in_force, kinds))]
+
+    async def _watch_oom(self) -> None:
+        await self._kernel.wait_oom(self.record.plan())
+        try:
+            await self.mailbox.call(HandleOom())
+        except GardenError:
+            pass  # the actor is gone (destroyed meanwhile)
 
     async def _handle(self, command: AnyCommand) -> object:
         h, origin = self.handle, command.origin
@@ -259,6 +297,10 @@ class ContainerActor:
                 await self._journal.record(ev.NetOutAllowed(handle=h, rule=rule), origin=origin)
             case LimitBandwidth(request=request):
                 return await self._limit_bandwidth(request, origin)
+            case SetLimits(limits=put):
+                return await self._set_limits(put, origin)
+            case HandleOom():
+                await self._handle_oom()
         return None
 
     async def _run_process(self, spec: ProcessSpec, process_id: str, origin: ev.Origin) -> str:
@@ -350,6 +392,65 @@ class ContainerActor:
             origin=origin,
         )
         return new
+
+    async def _set_limits(self, put: Limits, origin: ev.Origin) -> Limits:
+        c = self.record
+        new = lim.merge(c.limits, put)
+        changed = {k for k in lim.kinds_of(put) if getattr(new, k) != getattr(c.limits, k)}
+        if not changed:
+            return c.limits
+        plan = c.plan()
+        if "disk" in changed:
+            quota = lim.disk_quota(new.disk)
+            has_hard = quota.bytes is not None or quota.inodes is not None
+            if not c.has_own_layer and has_hard:
+                raise ConflictError(
+                    "hard disk limits need a filesystem of the container's own, which is made "
+                    "only when the container is created with limits.disk",
+                    handle=self.handle,
+                )
+            if c.has_own_layer and not has_hard:
+                raise ConflictError(
+                    "the hard disk limit set at create can be raised or lowered, not removed",
+                    handle=self.handle,
+                )
+            if c.has_own_layer and quota != lim.disk_quota(c.limits.disk):
+                await self._kernel.set_disk_quota(plan, quota)
+        cgroup_kinds = changed & _CGROUP_KINDS
+        if cgroup_kinds:
+            target = lim.resource_limits(new)
+            change = LimitChange(
+                **{
+                    field: getattr(target, field)
+                    for kind, field in (
+                        ("memory", "memory_bytes"),
+                        ("cpu", "cpu_shares"),
+                        ("pids", "pids_max"),
+                    )
+                    if kind in cgroup_kinds
+                }
+            )
+            kernel = await self._kernel.set_limits(plan, change)
+            new = lim.with_kernel_values(new, kernel, cgroup_kinds)
+        await self._journal.record(
+            ev.LimitsSet(handle=self.handle, limits=lim.only_kinds(new, changed)), origin=origin
+        )
+        log.info("limits-set handle=%s kinds=%s", self.handle, ",".join(sorted(changed)))
+        return self.record.limits
+
+    async def _handle_oom(self) -> None:
+        c = self.record
+        if "oom" in c.events or c.phase not in ("active", "stopped"):
+            return
+        log.warning("oom handle=%s phase=%s", self.handle, c.phase)
+        if c.phase == "active":
+            self._tearing_down = True
+            try:
+                await self._kernel.stop(c.plan(), kill=True, timeout=0)
+                await self.processes.wait_all_exited(timeout=PROCESS_EXIT_GRACE)
+            finally:
+                self._tearing_down = False
+        await self._journal.record(ev.ContainerStopped(handle=self.handle, reason="oom"))
 
     async def _stop(self, kill: bool, origin: ev.Origin) -> None:
         if self.record.phase == "stopped":

@@ -17,10 +17,14 @@ from garden.api import ProcessSpec
 from garden.linux.plan import (
     Bandwidth,
     ContainerPlan,
+    ContainerStats,
+    DiskQuota,
     FirewallRule,
+    LimitChange,
     LiveNetwork,
     NetWiring,
     PortMap,
+    ResourceLimits,
     SpawnedProcess,
     Started,
 )
@@ -28,7 +32,32 @@ from garden.linux.plan import (
 Liveness = Literal["running", "stopped", "gone"]
 
 
-class ContainerKernel(Protocol):
+class ResourceKernel(Protocol):
+    """Limits, figures and OOM notification of a running container."""
+
+    async def set_limits(self, plan: ContainerPlan, change: LimitChange) -> ResourceLimits:
+        """Change the cgroup limits that `change` gives (LimitChange() changes nothing) and
+        return every cgroup limit in force, as the kernel reports it. `ConflictError` when
+        the kernel refuses because of what the container uses."""
+        ...
+
+    async def set_disk_quota(self, plan: ContainerPlan, quota: DiskQuota) -> None:
+        """Enforce new hard disk limits on the container's own layer (`plan.disk` not None).
+        `ConflictError` below current use or beyond what the layer can hold."""
+        ...
+
+    async def stats(self, plan: ContainerPlan) -> ContainerStats:
+        """Memory, cpu, disk and pids figures read from the kernel now."""
+        ...
+
+    async def wait_oom(self, plan: ContainerPlan) -> None:
+        """Return once the kernel has OOM-killed a process of the container (at once if that
+        happened before the call, e.g. while the server was down). Kernel notification, no
+        polling."""
+        ...
+
+
+class ContainerKernel(ResourceKernel, Protocol):
     async def create(self, plan: ContainerPlan) -> Started:
         """Build and start the container. On failure everything taken is released before
         the error propagates."""

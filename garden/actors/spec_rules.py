@@ -9,9 +9,19 @@ from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from garden import limits as lim
 from garden.actors.net_rules import check_bandwidth
 from garden.actors.pools import parse_network
-from garden.api import BandwidthLimits, ContainerSpec, Limits, check_handle
+from garden.api import (
+    BandwidthLimits,
+    ContainerSpec,
+    CpuLimits,
+    DiskLimits,
+    Limits,
+    MemoryLimits,
+    PidLimits,
+    check_handle,
+)
 from garden.config import ServerConfig
 from garden.errors import InvalidRequestError, PrivilegedContainersDisallowedError
 
@@ -62,20 +72,33 @@ def _check_bandwidth(value: object) -> None:
     check_bandwidth(value)
 
 
-def _not_supported_yet(kind: str) -> Callable[[object], None]:
-    def check(value: object) -> None:
-        raise InvalidRequestError(f"create-time {kind} limits are not supported by this server yet")
+def _check_memory(value: object) -> None:
+    assert isinstance(value, MemoryLimits)
+    lim.check_memory(value)
 
-    return check
+
+def _check_cpu(value: object) -> None:
+    assert isinstance(value, CpuLimits)
+    lim.check_cpu(value)
+
+
+def _check_disk(value: object) -> None:
+    assert isinstance(value, DiskLimits)
+    lim.check_disk(value)
+
+
+def _check_pids(value: object) -> None:
+    assert isinstance(value, PidLimits)
+    lim.check_pids(value)
 
 
 # One rule per kind of limit in a create's `limits`, each checking only its own object.
 LIMIT_RULES: dict[str, Callable[[object], None]] = {
     "bandwidth": _check_bandwidth,
-    "memory": _not_supported_yet("memory"),
-    "cpu": _not_supported_yet("cpu"),
-    "disk": _not_supported_yet("disk"),
-    "pids": _not_supported_yet("pids"),
+    "memory": _check_memory,
+    "cpu": _check_cpu,
+    "disk": _check_disk,
+    "pids": _check_pids,
 }
 
 

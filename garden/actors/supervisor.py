@@ -15,6 +15,7 @@ from typing import final
 
 import trio
 
+from garden import limits as lim
 from garden.actors.container import (
     AllowOut,
     AnyCommand,
@@ -25,6 +26,7 @@ from garden.actors.container import (
     MapPort,
     RunProcess,
     SetGraceTime,
+    SetLimits,
     SetProperty,
     Stop,
 )
@@ -39,6 +41,7 @@ from garden.api import (
     Capacity,
     ContainerInfo,
     ContainerSpec,
+    Limits,
     NetOutRule,
     PortMapping,
     ProcessSpec,
@@ -56,7 +59,7 @@ from garden.errors import (
 from garden.events import schema as ev
 from garden.events.journal import Journal
 from garden.events.state import ContainerState, ServerState
-from garden.linux.plan import Bandwidth, LiveNetwork, PortMap
+from garden.linux.plan import Bandwidth, ContainerStats, LiveNetwork, PortMap
 
 log = logging.getLogger("garden.supervisor")
 
@@ -318,6 +321,13 @@ class Supervisor:
     def bandwidth(self, handle: str) -> BandwidthLimits:
         return _bandwidth_limits(self.container(handle).bandwidth)
 
+    async def set_limits(self, handle: str, put: Limits, origin: ev.Origin) -> Limits:
+        """Apply a limits request; answer every limit in force afterwards."""
+        lim.check_limits(put)
+        result = await self.send(handle, SetLimits(limits=put, origin=origin))
+        assert isinstance(result, Limits)
+        return result
+
     # ----- reads -----
 
     def actor(self, handle: str) -> ContainerActor:
@@ -347,8 +357,20 @@ class Supervisor:
             and all(c.properties.get(k) == v for k, v in filters.items())
         ]
 
-    def info(self, handle: str) -> ContainerInfo:
+    def limits(self, handle: str) -> Limits:
+        return self.container(handle).limits
+
+    async def stats(self, handle: str) -> ContainerStats:
+        """The container's figures, read from the kernel now."""
         c = self.container(handle)
+        if c.phase not in ("active", "stopped"):
+            return ContainerStats()
+        return await self.kernel.stats(c.plan())
+
+    def info(self, handle: str, stats: ContainerStats | None = None) -> ContainerInfo:
+        """The container's info from the state, with `stats` (from `stats()`) as its figures."""
+        c = self.container(handle)
+        stats = stats or ContainerStats()
         return ContainerInfo(
             state="stopped" if c.phase == "stopped" else "active",
             events=list(c.events),
@@ -363,6 +385,10 @@ class Supervisor:
             ],
             grace_time=c.grace_time,
             bandwidth_stat=self.networker.stats(c.plan(), c.wiring()),
+            memory_stat=stats.memory,
+            cpu_stat=stats.cpu,
+            disk_stat=stats.disk,
+            pids_stat=stats.pids,
         )
 
     def get_property(self, handle: str, key: str) -> str:

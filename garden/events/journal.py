@@ -49,6 +49,7 @@ class JournalStats(msgspec.Struct, frozen=True, kw_only=True):
     write_errors: int
     largest_batch: int
     last_seq: int
+    size_bytes: int = 0  # of the log file
 
 
 @final
@@ -112,6 +113,7 @@ class Journal:
             write_errors=self._errors,
             largest_batch=self._largest,
             last_seq=self._published,
+            size_bytes=self._log.size_bytes,
         )
 
     async def record(self, *events: AnyEvent, origin: Origin = NO_ORIGIN) -> list[Record]:

@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from garden.api import ContainerSpec
+from garden.api import ContainerSpec, Limits
 from garden.linux.plan import FirewallRule, SpawnedProcess
 
 SCHEMA_VERSION = 1
@@ -66,6 +66,14 @@ class PropertyDeleted(Event, tag=True, frozen=True):
 class GraceTimeSet(Event, tag=True, frozen=True):
     handle: str
     grace_time: float
+
+
+class LimitsSet(Event, tag=True, frozen=True):
+    """The limits now in force for each kind given (a kind left out is unchanged), as the
+    kernel reports them after the change; None fields are "no limit"."""
+
+    handle: str
+    limits: Limits
 
 
 class ContainerStopped(Event, tag=True, frozen=True):
@@ -154,6 +162,7 @@ AnyEvent = (
     | PropertySet
     | PropertyDeleted
     | GraceTimeSet
+    | LimitsSet
     | ContainerStopped
     | ContainerRestored
     | ContainerDestroyStarted

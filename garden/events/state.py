@@ -13,7 +13,8 @@ from typing import Literal, final
 
 import msgspec
 
-from garden.api import ContainerSpec
+from garden import limits as lim
+from garden.api import ContainerSpec, Limits
 from garden.events import schema as ev
 from garden.linux.plan import (
     Bandwidth,
@@ -61,6 +62,8 @@ class ContainerState(msgspec.Struct, frozen=True, kw_only=True):
     mapped_ports: list[PortMap] = []
     net_out: list[FirewallRule] = []
     bandwidth: Bandwidth | None = None
+    # memory, cpu, disk and pids limits in force (bandwidth is above); None is "no limit"
+    limits: Limits = Limits()
 
     def network(self) -> NetworkPlan | None:
         if not self.subnet:
@@ -101,7 +104,14 @@ class ContainerState(msgspec.Struct, frozen=True, kw_only=True):
             uid_base=self.uid_base,
             cgroup_path=self.cgroup_path,
             network=self.network(),
+            resources=lim.resource_limits(self.limits),
+            disk=lim.disk_quota(self.limits.disk) if self.has_own_layer else None,
         )
+
+    @property
+    def has_own_layer(self) -> bool:
+        """Created with a hard disk limit: its writable layer is a filesystem of its own."""
+        return lim.needs_own_layer(self.spec.limits)
 
     def started(self) -> Started | None:
         if not self.pid:
@@ -144,6 +154,7 @@ def evolve(state: ServerState, record: ev.Record) -> None:
                 container_ip=event.container_ip,
                 host_ip=event.host_ip,
                 bandwidth=_create_time_bandwidth(event.spec),
+                limits=lim.normalize(event.spec.limits),
             )
         case ev.ContainerCreateFailed() | ev.ContainerDestroyed():
             containers.pop(event.handle, None)
@@ -168,6 +179,8 @@ def _evolve_container(c: ContainerState, event: ev.AnyEvent) -> ContainerState:
             return replace(c, properties=props)
         case ev.GraceTimeSet():
             return replace(c, grace_time=event.grace_time)
+        case ev.LimitsSet():
+            return replace(c, limits=lim.replace_kinds(c.limits, event.limits))
         case ev.ContainerStopped():
             events = c.events
             if event.reason == "oom" and "oom" not in events:

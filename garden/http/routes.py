@@ -42,7 +42,8 @@ def register(app: QuartTrio, sup: Supervisor) -> None:
 
     @app.get("/containers/<handle>/info")
     async def info(handle: str) -> Response:
-        return json_response(sup.info(handle))
+        stats = await sup.stats(handle)
+        return json_response(sup.info(handle, stats))
 
     @app.delete("/containers/<handle>")
     async def destroy(handle: str) -> Response:

@@ -29,10 +29,19 @@ import msgspec
 import trio
 
 from garden import faults
-from garden.errors import GardenError, KernelError
+from garden.errors import CgroupError, ConflictError, GardenError, KernelError
 from garden.linux import oci
 from garden.linux.cgroups import Cgroups
-from garden.linux.plan import ContainerPlan, Started
+from garden.linux.disk import LayerQuota, LoopImageQuota
+from garden.linux.layer_usage import upper_usage
+from garden.linux.plan import (
+    ContainerPlan,
+    ContainerStats,
+    DiskQuota,
+    LimitChange,
+    ResourceLimits,
+    Started,
+)
 from garden.linux.proc import (
     capability_bounding_mask,
     is_running,
@@ -66,9 +75,16 @@ class Leftovers(msgspec.Struct, frozen=True, kw_only=True):
     cgroup_ids: list[str]  # children of our cgroup parent
     mount_ids: list[str]  # overlay mounts under <state_dir>/containers
     dir_ids: list[str]  # directories under <state_dir>/containers
+    loop_ids: list[str] = []  # loop devices backed by a disk image of a container
 
     def container_ids(self) -> set[str]:
-        return {*self.runtime_ids, *self.cgroup_ids, *self.mount_ids, *self.dir_ids}
+        return {
+            *self.runtime_ids,
+            *self.cgroup_ids,
+            *self.mount_ids,
+            *self.dir_ids,
+            *self.loop_ids,
+        }
 
 
 @final
@@ -84,6 +100,7 @@ class LinuxContainers:
         init_path: str = "/usr/bin/catatonit",
         cleanup_timeout: float = 10.0,
         use_run: bool = True,
+        disk: LayerQuota | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.containers_dir = self.state_dir / "containers"
@@ -94,7 +111,9 @@ class LinuxContainers:
         self.init_path = init_path
         self.cleanup_timeout = cleanup_timeout
         self.use_run = use_run  # `run -d` (one runtime call) instead of `create` + `start`
+        self.disk: LayerQuota = disk if disk is not None else LoopImageQuota()
         self._parents_ready: set[str] = set()
+        self._swap_accounting: dict[str, bool] = {}
         self._allowed_caps = oci.caps_from_mask(capability_bounding_mask())
 
     # -- naming conventions (used to find leftovers without a plan) -------------------------
@@ -114,14 +133,24 @@ class LinuxContainers:
             lower = await prepare_lower(Path(plan.rootfs), plan.uid_base, self.cache_dir)
             self._make_container_dir(cpath)
             undo.push_async_callback(self._undo, "remove dir", remove_tree, cpath)
+            layer = None
+            if plan.disk is not None:
+                undo.push_async_callback(self._undo, "release disk", self.disk.release, cpath)
+                layer = await self.disk.create(cpath, plan.disk)
             undo.push_async_callback(self._undo, "unmount", unmount_overlay, cpath)
-            await mount_overlay(lower, cpath, plan.uid_base)
+            await mount_overlay(lower, cpath, plan.uid_base, layer)
             faults.reached("create:after-overlay")
+            if plan.disk is not None:
+                await self.disk.limit(cpath, plan.disk)
+            parent = posixpath.dirname(plan.cgroup_path.rstrip("/"))
+            await self._ensure_parent(parent)
             spec = oci.container_spec(
-                plan, init_path=self.init_path, allowed_caps=self._allowed_caps
+                plan,
+                init_path=self.init_path,
+                allowed_caps=self._allowed_caps,
+                swap_accounting=self._swap_accounting.get(parent, False),
             )
             self._write(cpath / "config.json", json.dumps(spec).encode())
-            await self._ensure_parent(posixpath.dirname(plan.cgroup_path.rstrip("/")))
             undo.push_async_callback(
                 self._undo, "release runtime", self._release_runtime, cid, cpath, plan.cgroup_path
             )
@@ -176,6 +205,46 @@ class LinuxContainers:
     async def wait_exit(self, started: Started) -> None:
         await wait_pid_exit(started.pid, started.pid_start_time)
 
+    # -- limits and figures (ResourceKernel) ----------------------------------------------------
+
+    async def set_limits(self, plan: ContainerPlan, change: LimitChange) -> ResourceLimits:
+        return await self.cgroups.set_limits(plan.cgroup_path, change)
+
+    async def set_disk_quota(self, plan: ContainerPlan, quota: DiskQuota) -> None:
+        if plan.disk is None:
+            raise ConflictError(
+                "the container was created without a disk limit, so its files are not on a "
+                "filesystem of its own; give limits.disk when creating it",
+                handle=plan.handle,
+            )
+        await self.disk.limit(Path(plan.container_path), quota)
+
+    async def stats(self, plan: ContainerPlan) -> ContainerStats:
+        cgroup = self.cgroups.stats(plan.cgroup_path)
+        cpath = Path(plan.container_path)
+        if plan.disk is not None:
+            usage = await self.disk.usage(cpath)
+        else:
+            usage = await trio.to_thread.run_sync(upper_usage, cpath / "upper")
+        disk = {} if usage is None else msgspec.structs.asdict(usage)
+        return msgspec.structs.replace(cgroup, disk=disk)
+
+    async def wait_oom(self, plan: ContainerPlan) -> None:
+        """Return once the kernel has OOM-killed a process of the container (at once if it
+        already has: an OOM while the server was down). Waits on the kernel's notification."""
+        path = plan.cgroup_path
+        try:
+            watch = self.cgroups.open_oom_watch(path)
+        except CgroupError as e:
+            log.warning("oom-watch-unavailable cgroup=%s error=%s", path, e)
+            await trio.sleep_forever()
+        try:
+            if self.cgroups.oom_kills(path) or await watch.wait_oom():
+                return
+        finally:
+            watch.close()
+        await trio.sleep_forever()  # the cgroup is gone: nothing left to watch
+
     def _has_resources(self, cid: str, plan: ContainerPlan) -> bool:
         return (
             self.runtime.knows(cid)
@@ -195,11 +264,13 @@ class LinuxContainers:
         except FileNotFoundError:
             dir_ids = []
         cgroup_ids = [posixpath.basename(c) for c in self.cgroups.children(self.cgroup_parent)]
+        loops = await trio.to_thread.run_sync(self.disk.leftovers, self.containers_dir)
         return Leftovers(
             runtime_ids=self.runtime.container_ids(),
             cgroup_ids=cgroup_ids,
             mount_ids=[m for m in mount_ids if m and not m.startswith("/")],
             dir_ids=dir_ids,
+            loop_ids=sorted(set(loops.values())),
         )
 
     async def release_leftover(self, container_id: str) -> None:
@@ -227,6 +298,7 @@ class LinuxContainers:
         faults.reached("destroy:after-runtime")
         await unmount_overlay(cpath)
         faults.reached("destroy:after-unmount")
+        await self.disk.release(cpath)
         await remove_tree(cpath)
 
     async def _release_runtime(self, cid: str, cpath: Path, cgroup_path: str) -> None:
@@ -265,6 +337,7 @@ class LinuxContainers:
         if parent in self._parents_ready or parent in ("", "/"):
             return
         await self.cgroups.ensure_parent(parent)
+        self._swap_accounting[parent] = self.cgroups.has_swap_accounting(parent)
         self._parents_ready.add(parent)
 
     def _make_container_dir(self, cpath: Path) -> None:

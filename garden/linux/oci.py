@@ -189,16 +189,34 @@ def namespaces(plan: ContainerPlan) -> list[dict[str, str]]:
     return ns
 
 
+def resources(plan: ContainerPlan, *, swap_accounting: bool) -> dict[str, Any]:
+    """linux.resources: no devices, and the plan's memory, cpu and pids limits, which the
+    runtime writes into the cgroup before the init runs."""
+    out: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    r = plan.resources
+    if r.memory_bytes is not None:
+        out["memory"] = {"limit": r.memory_bytes}
+        if swap_accounting:
+            out["memory"]["swap"] = r.memory_bytes  # memory+swap: no swap beyond the limit
+    if r.cpu_shares is not None:
+        out["cpu"] = {"shares": r.cpu_shares}
+    if r.pids_max is not None:
+        out["pids"] = {"limit": r.pids_max}
+    return out
+
+
 def container_spec(
     plan: ContainerPlan,
     *,
     init_path: str = "/usr/bin/catatonit",
     nofile: tuple[int, int] | None = None,
     allowed_caps: frozenset[str] | None = None,
+    swap_accounting: bool = False,
 ) -> dict[str, Any]:
     """The config.json of `plan`'s container; the bundle's rootfs is the "rootfs" subdir.
     `nofile` is (soft, hard) for RLIMIT_NOFILE, default from `nofile_limit()`; `allowed_caps`
-    limits the capabilities to those the server holds (see `capabilities`)."""
+    limits the capabilities to those the server holds (see `capabilities`); with
+    `swap_accounting` a memory limit covers memory+swap too."""
     env = list(plan.env)
     if not any(e.startswith("PATH=") for e in env):
         env.append(DEFAULT_PATH)
@@ -206,7 +224,7 @@ def container_spec(
     linux: dict[str, Any] = {
         "namespaces": namespaces(plan),
         "cgroupsPath": plan.cgroup_path,
-        "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+        "resources": resources(plan, swap_accounting=swap_accounting),
         "maskedPaths": list(MASKED_PATHS),
         "readonlyPaths": list(READONLY_PATHS),
     }

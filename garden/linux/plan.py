@@ -61,6 +61,44 @@ class NetWiring(msgspec.Struct, frozen=True, kw_only=True):
     bandwidth: Bandwidth | None = None
 
 
+class ResourceLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """cgroup limits of a container; None is "no limit" (the kernel's default)."""
+
+    memory_bytes: int | None = None  # memory and memory+swap
+    cpu_shares: int | None = None  # v1 cpu.shares; v2 cpu.weight is derived from it
+    pids_max: int | None = None
+
+
+class LimitChange(msgspec.Struct, frozen=True, kw_only=True):
+    """Which cgroup limits to change: an UNSET field stays as it is, None removes the limit."""
+
+    memory_bytes: int | msgspec.UnsetType | None = msgspec.UNSET
+    cpu_shares: int | msgspec.UnsetType | None = msgspec.UNSET
+    pids_max: int | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class DiskQuota(msgspec.Struct, frozen=True, kw_only=True):
+    """Hard limits on what a container may write into its rootfs layer; None = no limit."""
+
+    bytes: int | None = None
+    inodes: int | None = None
+
+
+class DiskUsage(msgspec.Struct, frozen=True, kw_only=True):
+    bytes_used: int
+    inodes_used: int
+
+
+class ContainerStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Figures read from the kernel at one moment; empty dicts when there is nothing to read
+    (the container's cgroup or layer is gone)."""
+
+    memory: dict[str, int] = {}
+    cpu: dict[str, int] = {}
+    disk: dict[str, int] = {}
+    pids: dict[str, int] = {}
+
+
 class ContainerPlan(msgspec.Struct, frozen=True, kw_only=True):
     handle: str
     container_id: str  # runtime id; also the name of the cgroup leaf
@@ -73,6 +111,10 @@ class ContainerPlan(msgspec.Struct, frozen=True, kw_only=True):
     cgroup_path: str  # e.g. "/garden/<container_id>", the same in every hierarchy
     netns_path: str | None = None  # join this network namespace instead of a new empty one
     network: NetworkPlan | None = None  # None: only a loopback (containers made before networking)
+    resources: ResourceLimits = ResourceLimits()  # cgroup limits in force (None = unlimited)
+    # Hard limits of the writable layer; not None iff the container was created with a disk
+    # limit, so its upper layer lives on a filesystem of its own (decided at create).
+    disk: DiskQuota | None = None
 
 
 class Started(msgspec.Struct, frozen=True, kw_only=True):

@@ -114,13 +114,12 @@ def _check_option_path(p: Path) -> str:
     return s
 
 
-def _mount_overlay_sync(lower: Path, container_path: Path, uid_base: int | None) -> Path:
+def _mount_overlay_sync(
+    lower: Path, container_path: Path, uid_base: int | None, layer: Path | None
+) -> Path:
     owner = uid_base if uid_base is not None else 0
-    upper, work, merged = (
-        container_path / "upper",
-        container_path / "work",
-        container_path / "rootfs",
-    )
+    layer = layer if layer is not None else container_path
+    upper, work, merged = layer / "upper", layer / "work", container_path / "rootfs"
     for d in (upper, work, merged):
         d.mkdir(mode=0o755, exist_ok=True)
     os.chown(upper, owner, owner)
@@ -146,10 +145,16 @@ def _mount_overlay_sync(lower: Path, container_path: Path, uid_base: int | None)
     return merged
 
 
-async def mount_overlay(lower: Path, container_path: Path, uid_base: int | None) -> Path:
-    """Mount the container's overlay at `container_path/rootfs` and return that path."""
+async def mount_overlay(
+    lower: Path, container_path: Path, uid_base: int | None, layer: Path | None = None
+) -> Path:
+    """Mount the container's overlay at `container_path/rootfs` and return that path. Its
+    upper/ and work/ go in `layer` (a filesystem of the container's own when it has a disk
+    limit), by default in `container_path`."""
     try:
-        return await trio.to_thread.run_sync(_mount_overlay_sync, lower, container_path, uid_base)
+        return await trio.to_thread.run_sync(
+            _mount_overlay_sync, lower, container_path, uid_base, layer
+        )
     except OSError as e:
         raise MountError(f"prepare overlay in {container_path}", e) from e
 
@@ -165,6 +170,18 @@ def _unmount_sync(target: Path) -> None:
             continue
         raise MountError(f"umount {target}", os.strerror(ctypes.get_errno() or err))
     raise MountError(f"umount {target}", "still mounted after 8 unmounts")
+
+
+def mount_sync(source: str, target: Path, fstype: str, data: str = "") -> None:
+    """mount(2) `source` of type `fstype` on `target` with the given options."""
+    if _mount(source.encode(), str(target).encode(), fstype.encode(), 0, data.encode()) != 0:
+        err = ctypes.get_errno()
+        raise MountError(f"mount {fstype} {source} on {target} ({data})", os.strerror(err))
+
+
+async def unmount(target: Path) -> None:
+    """Unmount `target`; not mounted counts as done (lazy detach when busy)."""
+    await trio.to_thread.run_sync(_unmount_sync, target)
 
 
 async def unmount_overlay(container_path: Path) -> None:

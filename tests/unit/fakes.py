@@ -8,19 +8,24 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import final
 
+import msgspec
 import trio
 
 from garden.actors.ports import Liveness
 from garden.api import ProcessSpec
-from garden.errors import ExecutableNotFoundError, RuntimeFailedError
+from garden.errors import ConflictError, ExecutableNotFoundError, RuntimeFailedError
 from garden.linux.net.netlink import NetworkError
 from garden.linux.plan import (
     Bandwidth,
     ContainerPlan,
+    ContainerStats,
+    DiskQuota,
     FirewallRule,
+    LimitChange,
     LiveNetwork,
     NetWiring,
     PortMap,
+    ResourceLimits,
     SpawnedProcess,
     Started,
 )
@@ -34,6 +39,11 @@ class FakeKernel:
         self.fail_create: set[str] = set()
         self.stopped_inits: dict[int, trio.Event] = {}
         self._pids = itertools.count(1000)
+        # Limits as a kernel would hold them, by container id; memory rounds down to pages.
+        self.limits: dict[str, ResourceLimits] = {}
+        self.disk_quotas: dict[str, DiskQuota] = {}
+        self.disk_used: dict[str, int] = {}
+        self.ooms: dict[str, trio.Event] = {}
 
     async def create(self, plan: ContainerPlan) -> Started:
         self.calls.append(("create", plan.handle))
@@ -42,6 +52,9 @@ class FakeKernel:
             raise RuntimeFailedError("runc create", "boom", handle=plan.handle)
         started = Started(pid=next(self._pids), pid_start_time=42)
         self.live[plan.container_id] = started
+        self.limits[plan.container_id] = _rounded(plan.resources)
+        if plan.disk is not None:
+            self.disk_quotas[plan.container_id] = plan.disk
         self.stopped_inits[started.pid] = trio.Event()
         return started
 
@@ -74,6 +87,43 @@ class FakeKernel:
         for container_id in orphans:
             del self.live[container_id]
         return orphans
+
+    async def set_limits(self, plan: ContainerPlan, change: LimitChange) -> ResourceLimits:
+        self.calls.append(("set_limits", plan.handle))
+        await trio.lowlevel.checkpoint()
+        fields = {f: v for f in change.__struct_fields__ if (v := getattr(change, f)) is not
+                  msgspec.UNSET}  # fmt: skip
+        current = self.limits.setdefault(plan.container_id, ResourceLimits())
+        if fields.get("cpu_shares", 1) is None:
+            fields["cpu_shares"] = 1024  # the kernel's default comes back
+        self.limits[plan.container_id] = _rounded(msgspec.structs.replace(current, **fields))
+        return self.limits[plan.container_id]
+
+    async def set_disk_quota(self, plan: ContainerPlan, quota: DiskQuota) -> None:
+        self.calls.append(("set_disk_quota", plan.handle))
+        await trio.lowlevel.checkpoint()
+        used = self.disk_used.get(plan.container_id, 0)
+        if quota.bytes is not None and quota.bytes < used:
+            raise ConflictError(f"below the {used} bytes in use")
+        self.disk_quotas[plan.container_id] = quota
+
+    async def stats(self, plan: ContainerPlan) -> ContainerStats:
+        await trio.lowlevel.checkpoint()
+        if plan.container_id not in self.live:
+            return ContainerStats()
+        return ContainerStats(
+            memory={"usage_in_bytes": 4096, "rss": 4096, "cache": 0},
+            cpu={"usage": 1000},
+            disk={"bytes_used": self.disk_used.get(plan.container_id, 0), "inodes_used": 1},
+            pids={"current": 1},
+        )
+
+    async def wait_oom(self, plan: ContainerPlan) -> None:
+        await self.ooms.setdefault(plan.container_id, trio.Event()).wait()
+
+    def oom(self, container_id: str) -> None:
+        """The kernel OOM-kills a process of the container."""
+        self.ooms.setdefault(container_id, trio.Event()).set()
 
     def crash_init(self, container_id: str) -> None:
         """The container's init dies on its own."""
@@ -239,3 +289,9 @@ class FakeNetworker:
     def stats(self, plan: ContainerPlan, wiring: NetWiring) -> dict[str, int]:
         bw = wiring.bandwidth
         return {"in_rate": bw.rate if bw else 0, "out_rate": bw.rate if bw else 0}
+
+
+def _rounded(r: ResourceLimits) -> ResourceLimits:
+    if r.memory_bytes is None:
+        return r
+    return msgspec.structs.replace(r, memory_bytes=r.memory_bytes // 4096 * 4096)

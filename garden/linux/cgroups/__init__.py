@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Protocol
 
 from garden.linux.cgroups.base import split_path
+from garden.linux.cgroups.oom_watch import OomWatch
 from garden.linux.cgroups.v1 import CgroupsV1
 from garden.linux.cgroups.v2 import CgroupsV2
+from garden.linux.plan import ContainerStats, LimitChange, ResourceLimits
 
-__all__ = ["Cgroups", "CgroupsV1", "CgroupsV2", "detect", "split_path"]
+__all__ = ["Cgroups", "CgroupsV1", "CgroupsV2", "OomWatch", "detect", "split_path"]
 
 
 class Cgroups(Protocol):
@@ -49,6 +51,32 @@ class Cgroups(Protocol):
 
     def host_path(self, controller: str, path: str) -> Path | None:
         """The directory of `path` for `controller` (None if the controller is not mounted)."""
+        ...
+
+    async def set_limits(self, path: str, change: LimitChange) -> ResourceLimits:
+        """Change the memory, cpu and pids limits of `path` as `change` says and return the
+        limits now in force, as the kernel reports them. A limit the kernel refuses (e.g. a
+        memory limit below what cannot be reclaimed: `ConflictError`) raises."""
+        ...
+
+    def limits(self, path: str) -> ResourceLimits:
+        """The limits in force (raises CgroupError if the cgroup does not exist)."""
+        ...
+
+    def stats(self, path: str) -> ContainerStats:
+        """Memory, cpu and pids figures now (empty dicts where the cgroup is gone)."""
+        ...
+
+    def has_swap_accounting(self, path: str) -> bool:
+        """True if a memory+swap limit can be set for children of `path`."""
+        ...
+
+    def oom_kills(self, path: str) -> int | None:
+        """How many processes the OOM killer has killed in `path`; None if it is gone."""
+        ...
+
+    def open_oom_watch(self, path: str) -> OomWatch:
+        """A kernel notification that wakes on OOM events of `path` (close it when done)."""
         ...
 
 

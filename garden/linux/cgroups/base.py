@@ -55,3 +55,36 @@ async def rmdir_tree(d: Path, deadline: float) -> None:
         # No event tells when a busy cgroup becomes removable (v1 has no populated notify that
         # covers zombies), so this one wait is a short bounded retry.
         await trio.sleep(_RETRY_DELAY)
+
+
+def read_value(f: Path) -> str | None:
+    """The stripped content of a control file, or None if it (or its cgroup) does not exist."""
+    try:
+        return f.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def write_value(f: Path, value: str) -> None:
+    """Write one value to a control file; the OSError is wrapped with what was tried (callers
+    that give some errno a meaning catch `CgroupError` and look at `__cause__`)."""
+    try:
+        f.write_text(value)
+    except OSError as e:
+        raise CgroupError(f"write {value!r} to {f}", e) from e
+
+
+def read_flat_keyed(f: Path) -> dict[str, int]:
+    """A "key value" per line file (memory.stat, cpu.stat, memory.events) as a dict."""
+    text = read_value(f)
+    out: dict[str, int] = {}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def errno_of(error: CgroupError) -> int | None:
+    cause = error.__cause__
+    return cause.errno if isinstance(cause, OSError) else None

@@ -11,10 +11,14 @@ import errno
 import os
 from pathlib import Path
 
+import msgspec
 import trio
 
 from garden.errors import CgroupError
+from garden.linux.cgroups import cpu, memory, pids
 from garden.linux.cgroups.base import read_pids, rmdir_tree, split_path, subdirs
+from garden.linux.cgroups.oom_watch import EventfdOomWatch, OomWatch
+from garden.linux.plan import ContainerStats, LimitChange, ResourceLimits
 
 _PREFERRED_FOR_PIDS = ("pids", "memory", "freezer", "cpu", "systemd")
 
@@ -105,6 +109,55 @@ class CgroupsV1:
         for h in self.hierarchies():
             names.update(subdirs(h / rel))
         return [f"/{rel}/{n}" for n in sorted(names)]
+
+    # -- limits and figures ------------------------------------------------------------------
+
+    def _dir(self, controller: str, path: str) -> Path:
+        d = self.host_path(controller, path)
+        if d is None:
+            raise CgroupError(
+                f"limit {controller} of {path}", f"the {controller} controller is not mounted"
+            )
+        return d
+
+    async def set_limits(self, path: str, change: LimitChange) -> ResourceLimits:
+        # Lowering a memory limit makes the kernel reclaim, which can take a while: a thread.
+        return await trio.to_thread.run_sync(self._set_limits_sync, path, change)
+
+    def _set_limits_sync(self, path: str, change: LimitChange) -> ResourceLimits:
+        if not isinstance(change.memory_bytes, msgspec.UnsetType):
+            memory.set_limit_v1(self._dir("memory", path), change.memory_bytes)
+        if not isinstance(change.cpu_shares, msgspec.UnsetType):
+            cpu.set_shares_v1(self._dir("cpu", path), change.cpu_shares)
+        if not isinstance(change.pids_max, msgspec.UnsetType):
+            pids.set_max(self._dir("pids", path), change.pids_max)
+        return self.limits(path)
+
+    def limits(self, path: str) -> ResourceLimits:
+        return ResourceLimits(
+            memory_bytes=memory.limit_v1(self._dir("memory", path)),
+            cpu_shares=cpu.shares_v1(self._dir("cpu", path)),
+            pids_max=pids.read_max(self._dir("pids", path)),
+        )
+
+    def stats(self, path: str) -> ContainerStats:
+        mem, acct, pid = (self.host_path(c, path) for c in ("memory", "cpuacct", "pids"))
+        return ContainerStats(
+            memory=memory.stats_v1(mem) if mem else {},
+            cpu=cpu.stats_v1(acct) if acct else {},
+            pids=pids.stats(pid) if pid else {},
+        )
+
+    def has_swap_accounting(self, path: str) -> bool:
+        d = self.host_path("memory", path)
+        return d is not None and (d / "memory.memsw.limit_in_bytes").exists()
+
+    def oom_kills(self, path: str) -> int | None:
+        d = self.host_path("memory", path)
+        return memory.oom_kills_v1(d) if d else None
+
+    def open_oom_watch(self, path: str) -> OomWatch:
+        return EventfdOomWatch.open(self._dir("memory", path))
 
 
 def _mkdir_cpuset(h: Path, rel: str) -> None:

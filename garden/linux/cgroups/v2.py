@@ -7,10 +7,14 @@ import errno
 import os
 from pathlib import Path
 
+import msgspec
 import trio
 
 from garden.errors import CgroupError
+from garden.linux.cgroups import cpu, memory, pids
 from garden.linux.cgroups.base import read_pids, rmdir_tree, split_path, subdirs
+from garden.linux.cgroups.oom_watch import InotifyOomWatch, OomWatch
+from garden.linux.plan import ContainerStats, LimitChange, ResourceLimits
 
 WANTED_CONTROLLERS = ("cpuset", "cpu", "io", "memory", "hugetlb", "pids")
 
@@ -62,6 +66,50 @@ class CgroupsV2:
     def children(self, parent: str) -> list[str]:
         rel = split_path(parent)
         return [f"/{rel}/{n}" for n in subdirs(self.root / rel)]
+
+    # -- limits and figures ------------------------------------------------------------------
+
+    def _dir(self, controller: str, path: str) -> Path:
+        d = self.root / split_path(path)
+        probe = {"memory": "memory.max", "cpu": "cpu.weight", "pids": "pids.max"}[controller]
+        if not (d / probe).exists():
+            raise CgroupError(
+                f"limit {controller} of {path}",
+                f"no {probe}: the {controller} controller is not enabled for this cgroup",
+            )
+        return d
+
+    async def set_limits(self, path: str, change: LimitChange) -> ResourceLimits:
+        return await trio.to_thread.run_sync(self._set_limits_sync, path, change)
+
+    def _set_limits_sync(self, path: str, change: LimitChange) -> ResourceLimits:
+        if not isinstance(change.memory_bytes, msgspec.UnsetType):
+            memory.set_limit_v2(self._dir("memory", path), change.memory_bytes)
+        if not isinstance(change.cpu_shares, msgspec.UnsetType):
+            cpu.set_shares_v2(self._dir("cpu", path), change.cpu_shares)
+        if not isinstance(change.pids_max, msgspec.UnsetType):
+            pids.set_max(self._dir("pids", path), change.pids_max)
+        return self.limits(path)
+
+    def limits(self, path: str) -> ResourceLimits:
+        return ResourceLimits(
+            memory_bytes=memory.limit_v2(self._dir("memory", path)),
+            cpu_shares=cpu.shares_v2(self._dir("cpu", path)),
+            pids_max=pids.read_max(self._dir("pids", path)),
+        )
+
+    def stats(self, path: str) -> ContainerStats:
+        d = self.root / split_path(path)
+        return ContainerStats(memory=memory.stats_v2(d), cpu=cpu.stats_v2(d), pids=pids.stats(d))
+
+    def has_swap_accounting(self, path: str) -> bool:
+        return (self.root / split_path(path) / "memory.swap.max").exists()
+
+    def oom_kills(self, path: str) -> int | None:
+        return memory.oom_kills_v2(self.root / split_path(path))
+
+    def open_oom_watch(self, path: str) -> OomWatch:
+        return InotifyOomWatch.open(self._dir("memory", path))
 
 
 def _enable_controllers(d: Path) -> None:

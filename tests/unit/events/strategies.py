@@ -108,6 +108,7 @@ EVENTS: dict[type, st.SearchStrategy[s.AnyEvent]] = {
     s.PropertySet: st.builds(s.PropertySet, handle=text, key=text, value=text),
     s.PropertyDeleted: st.builds(s.PropertyDeleted, handle=text, key=text),
     s.GraceTimeSet: st.builds(s.GraceTimeSet, handle=text, grace_time=floats),
+    s.LimitsSet: st.builds(s.LimitsSet, handle=text, limits=limits),
     s.ContainerStopped: st.builds(
         s.ContainerStopped, handle=text, reason=st.sampled_from(["request", "oom", "init-exited"])
     ),
