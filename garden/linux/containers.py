@@ -220,12 +220,17 @@ class LinuxContainers:
         await self.disk.limit(Path(plan.container_path), quota)
 
     async def stats(self, plan: ContainerPlan) -> ContainerStats:
+        # A dozen reads of cgroup files and a statvfs (or a walk of the upper dir): off the
+        # event loop, so a scrape of many containers does not stall other requests.
+        return await trio.to_thread.run_sync(self._stats_sync, plan)
+
+    def _stats_sync(self, plan: ContainerPlan) -> ContainerStats:
         cgroup = self.cgroups.stats(plan.cgroup_path)
         cpath = Path(plan.container_path)
         if plan.disk is not None:
-            usage = await self.disk.usage(cpath)
+            usage = self.disk.usage(cpath)
         else:
-            usage = await trio.to_thread.run_sync(upper_usage, cpath / "upper")
+            usage = upper_usage(cpath / "upper")
         disk = {} if usage is None else msgspec.structs.asdict(usage)
         return msgspec.structs.replace(cgroup, disk=disk)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -32,7 +33,9 @@ import trio
 from garden.errors import ConflictError, KernelError, MountError
 from garden.linux import loop
 from garden.linux.plan import DiskQuota, DiskUsage
-from garden.linux.rootfs import mount_sync, mounts_under, unmount
+from garden.linux.rootfs import mount_sync, unmount
+
+log = logging.getLogger("garden.linux")
 
 IMAGE = "layer.img"
 LAYER = "layer"
@@ -45,6 +48,7 @@ MAX_HEADROOM = 16 << 30
 # Lowering the inode limit by more than this below the free inodes is refused: each ballast
 # inode is a file to create.
 MAX_INODE_BALLAST = 65536
+DETACH_TIMEOUT = 2.0
 _OWN_INODES = 64  # root, lost+found, .garden, upper, work, mount points: counted in the base
 
 
@@ -58,8 +62,9 @@ class LayerQuota(Protocol):
         `ConflictError` if the container already uses more or the limit cannot be reached."""
         ...
 
-    async def usage(self, container_path: Path) -> DiskUsage | None:
-        """What the container has written; None when the layer is not mounted."""
+    def usage(self, container_path: Path) -> DiskUsage | None:
+        """What the container has written; None when the layer is not mounted. Blocking (a
+        few syscalls): call it from a worker thread."""
         ...
 
     async def release(self, container_path: Path) -> None:
@@ -121,15 +126,21 @@ class LoopImageQuota:
     async def limit(self, container_path: Path, quota: DiskQuota) -> None:
         await trio.to_thread.run_sync(_limit_sync, container_path, quota)
 
-    async def usage(self, container_path: Path) -> DiskUsage | None:
-        return await trio.to_thread.run_sync(_usage_sync, container_path)
+    def usage(self, container_path: Path) -> DiskUsage | None:
+        return _usage_sync(container_path)
 
     async def release(self, container_path: Path) -> None:
-        layer = container_path / LAYER
-        await unmount(layer)
-        dev = await trio.to_thread.run_sync(loop.device_of, container_path / IMAGE)
-        if dev is not None:
+        image = container_path / IMAGE
+        await unmount(container_path / LAYER)
+        # Autoclear detaches the device once its filesystem is gone, but the kernel may do it
+        # a moment after the unmount returns (from a work item): ask, then wait a bounded time.
+        deadline = trio.current_time() + DETACH_TIMEOUT
+        while (dev := await trio.to_thread.run_sync(loop.device_of, image)) is not None:
             loop.detach(dev)
+            if trio.current_time() >= deadline:
+                log.warning("loop-still-attached device=%s image=%s", dev, image)
+                return
+            await trio.sleep(0.005)
 
     def leftovers(self, containers_dir: Path) -> dict[str, str]:
         prefix = os.path.realpath(containers_dir).rstrip("/") + "/"
@@ -214,7 +225,7 @@ def _ballast_index(name: str) -> int:
 
 
 def _is_mounted(layer: Path) -> bool:
-    return layer in mounts_under(layer)
+    return os.path.ismount(layer)
 
 
 def _usage_sync(container_path: Path) -> DiskUsage | None:

@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from garden.config import DEFAULT_ROOTFS, ServerConfig
+from garden.linux import loop
 from garden.linux.cgroups import detect
 from garden.linux.net.netlink import list_links
 from garden.linux.rootfs import mounts_under
@@ -122,6 +123,7 @@ def leftovers(config: ServerConfig, settle: float = 5.0) -> list[str]:
     found += [f"mount {m}" for m in mounts_under(containers)]
     if containers.exists():
         found += [f"dir {d}" for d in containers.iterdir()]
+    found += [f"loop {dev} {file}" for dev, file in loop.backed_under(containers).items()]
     runtime_root = Path(config.state_dir, "runtime")
     if runtime_root.exists():
         found += [f"runtime {d.name}" for d in runtime_root.iterdir() if d.is_dir()]

@@ -28,6 +28,7 @@ class CgroupsV1:
 
     def __init__(self, root: str | Path = "/sys/fs/cgroup") -> None:
         self.root = Path(root)
+        self._by_controller: dict[str, Path] = {}
 
     def hierarchies(self) -> list[Path]:
         """Mount points of the hierarchies, each once, sorted by name."""
@@ -51,10 +52,17 @@ class CgroupsV1:
 
     def host_path(self, controller: str, path: str) -> Path | None:
         rel = split_path(path)
-        for h in self.hierarchies():
-            if controller in h.name.split(",") or h.name == controller:
-                return h / rel
-        return None
+        if controller not in self._by_controller:
+            # Hierarchies are mounted before the server starts and stay: look each up once.
+            found = None
+            for h in self.hierarchies():
+                if controller in h.name.split(",") or h.name == controller:
+                    found = h
+                    break
+            if found is None:
+                return None
+            self._by_controller[controller] = found
+        return self._by_controller[controller] / rel
 
     async def ensure_parent(self, parent: str) -> None:
         rel = split_path(parent)
