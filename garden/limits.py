@@ -153,17 +153,17 @@ def kinds_of(limits: Limits) -> set[str]:
 def hard_bytes(d: DiskLimits | None) -> int | None:
     if d is None:
         return None
-    return d.block_hard * BLOCK if d.block_hard else d.byte_hard
+    return d.block_hard * BLOCK if d.block_hard else d.byte_hard or None
 
 
 def soft_bytes(d: DiskLimits | None) -> int | None:
     if d is None:
         return None
-    return d.block_soft * BLOCK if d.block_soft else d.byte_soft
+    return d.block_soft * BLOCK if d.block_soft else d.byte_soft or None
 
 
 def disk_quota(d: DiskLimits | None) -> DiskQuota:
-    return DiskQuota(bytes=hard_bytes(d), inodes=d.inode_hard if d else None)
+    return DiskQuota(bytes=hard_bytes(d), inodes=d.inode_hard or None if d else None)
 
 
 def needs_own_layer(limits: Limits | None) -> bool:

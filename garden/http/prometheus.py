@@ -116,7 +116,7 @@ def _server(
     w.sample("garden_event_log_size_bytes", journal.size_bytes)
 
 
-# (metric, type, help, section of ContainerStats, key in it, scale)
+# (metric, type, help, section of ContainerStats, key in it, divisor to the metric's unit)
 _PER_CONTAINER: tuple[tuple[str, str, str, str, str, float], ...] = (
     ("garden_container_memory_usage_bytes", "gauge", "Memory in use.", "memory",
      "usage_in_bytes", 1),
@@ -129,11 +129,11 @@ _PER_CONTAINER: tuple[tuple[str, str, str, str, str, float], ...] = (
     ("garden_container_oom_kills_total", "counter", "Processes killed by the OOM killer.",
      "memory", "oom_kill", 1),
     ("garden_container_cpu_usage_seconds_total", "counter", "CPU time used.", "cpu", "usage",
-     1e-9),
+     1e9),
     ("garden_container_cpu_user_seconds_total", "counter", "CPU time in user mode.", "cpu",
-     "user", 1e-9),
+     "user", 1e9),
     ("garden_container_cpu_system_seconds_total", "counter", "CPU time in the kernel.", "cpu",
-     "system", 1e-9),
+     "system", 1e9),
     ("garden_container_disk_bytes_used", "gauge", "Bytes written to the container's layer.",
      "disk", "bytes_used", 1),
     ("garden_container_disk_inodes_used", "gauge", "Inodes used in the container's layer.",
@@ -159,4 +159,4 @@ def _containers(
             continue
         w.family(metric, kind, help_text)
         for handle, value in rows:
-            w.sample(metric, value * scale if scale != 1 else value, {"handle": handle})
+            w.sample(metric, value / scale if scale != 1 else value, {"handle": handle})

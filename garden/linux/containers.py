@@ -227,10 +227,7 @@ class LinuxContainers:
     def _stats_sync(self, plan: ContainerPlan) -> ContainerStats:
         cgroup = self.cgroups.stats(plan.cgroup_path)
         cpath = Path(plan.container_path)
-        if plan.disk is not None:
-            usage = self.disk.usage(cpath)
-        else:
-            usage = upper_usage(cpath / "upper")
+        usage = self.disk.usage(cpath) if plan.disk else upper_usage(cpath / "upper")
         disk = {} if usage is None else msgspec.structs.asdict(usage)
         return msgspec.structs.replace(cgroup, disk=disk)
 

@@ -31,7 +31,7 @@ async def test_create_with_a_disk_limit_costs(server: Server) -> None:
     c = server.client
     plain: list[float] = []
     disk: list[float] = []
-    for i in range(25):
+    for _ in range(25):
         for samples, spec in ((plain, {}), (disk, {"limits": {"disk": {"byte_hard": 256 * MiB}}})):
             t = time.perf_counter()
             r = await c.post("/containers", json={"handle": "b", **spec})
@@ -39,8 +39,10 @@ async def test_create_with_a_disk_limit_costs(server: Server) -> None:
             assert r.status_code == 200, r.text
             assert (await c.delete("/containers/b")).status_code == 200
     ratio = statistics.median(disk) / statistics.median(plain)
-    print(f"\ncreate without limits: {_ms(plain)}; with a disk limit: {_ms(disk)}; "
-          f"ratio of medians {ratio:.2f} (bar 1.5)")  # fmt: skip
+    print(
+        f"\ncreate without limits: {_ms(plain)}; with a disk limit: {_ms(disk)}; "
+        f"ratio of medians {ratio:.2f} (bar 1.5)"
+    )
     assert leftovers(server.config) == []
 
 
@@ -64,6 +66,8 @@ async def test_200_containers_with_every_limit(server: Server) -> None:
         assert (await c.delete(f"/containers/all{i}")).status_code == 200
     destroyed = time.perf_counter() - t
     left = leftovers(server.config)
-    print(f"\n200 containers with memory, cpu, pids and disk limits: created in {created:.1f} s, "
-          f"/metrics in {scraped * 1000:.0f} ms, destroyed in {destroyed:.1f} s, left: {left}")  # fmt: skip
+    print(
+        f"\n200 containers with memory, cpu, pids and disk limits: created in {created:.1f} s, "
+        f"/metrics in {scraped * 1000:.0f} ms, destroyed in {destroyed:.1f} s, left: {left}"
+    )
     assert left == []

@@ -52,7 +52,7 @@ def limit_v1(d: Path) -> int | None:
     if raw is None:
         raise CgroupError(f"read {d / 'memory.limit_in_bytes'}", "the cgroup does not exist")
     value = int(raw)
-    return None if value >= V1_UNLIMITED_FROM else value
+    return None if value < 0 or value >= V1_UNLIMITED_FROM else value
 
 
 def stats_v1(d: Path) -> dict[str, int]:

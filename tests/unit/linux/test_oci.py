@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from garden.linux import oci
-from garden.linux.plan import ContainerPlan, MountPlan
+from garden.linux.plan import ContainerPlan, MountPlan, ResourceLimits
 
 
 def plan(**kw: Any) -> ContainerPlan:
@@ -125,3 +125,15 @@ def test_nofile_limit_never_above_our_hard_limit() -> None:
     assert oci.nofile_limit((1024, 1 << 30)) == (1 << 20, 1 << 20)
     soft, hard = oci.nofile_limit()
     assert soft == hard > 0
+
+
+def test_resources_from_the_plan() -> None:
+    limited = plan(resources=ResourceLimits(memory_bytes=1 << 26, cpu_shares=512, pids_max=9))
+    res = oci.container_spec(limited, swap_accounting=True)["linux"]["resources"]
+    assert res["memory"] == {"limit": 1 << 26, "swap": 1 << 26}
+    assert res["cpu"] == {"shares": 512}
+    assert res["pids"] == {"limit": 9}
+    assert res["devices"] == [{"allow": False, "access": "rwm"}]
+    res = oci.container_spec(limited, swap_accounting=False)["linux"]["resources"]
+    assert res["memory"] == {"limit": 1 << 26}
+    assert set(oci.container_spec(plan())["linux"]["resources"]) == {"devices"}
