@@ -107,3 +107,26 @@ def test_oom_while_the_server_is_down_is_noticed_at_start(server_process: Server
         assert c.delete("/containers/o").status_code == 200
     sp.kill(signal.SIGTERM)
     assert leftovers(sp.config) == []
+
+
+def test_orphaned_disk_layer_is_swept_at_start(server_process: ServerProcess) -> None:
+    """A container with a disk limit that the log does not know (its records never reached the
+    disk): its layer mount and loop device are released at start-up like the rest."""
+    from garden.linux import loop
+    from tests.integration.test_restart import _renumber
+
+    sp = server_process
+    sp.start()
+    with httpx.Client(base_url=sp.url, timeout=30) as c:
+        spec = {"handle": "orphan", "limits": {"disk": {"byte_hard": 8 * MiB}}}
+        assert c.post("/containers", json=spec).status_code == 200
+    sp.kill()
+    assert loop.backed_under(sp.state_dir / "containers")  # the layer is still attached
+    log = sp.state_dir / "events.log"
+    kept = [line for line in log.read_bytes().splitlines(keepends=True) if b'"orphan"' not in line]
+    log.write_bytes(b"".join(_renumber(kept)))
+    sp.start()
+    with httpx.Client(base_url=sp.url, timeout=30) as c:
+        assert c.get("/containers").json() == {"handles": []}
+    sp.kill(signal.SIGTERM)
+    assert leftovers(sp.config) == []

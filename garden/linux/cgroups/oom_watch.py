@@ -37,9 +37,8 @@ class OomWatch(Protocol):
 class _FdWatch:
     """An fd that becomes readable on an event; read and discarded after each wake-up."""
 
-    def __init__(self, fd: int, keep: list[int], counters: Path) -> None:
+    def __init__(self, fd: int, counters: Path) -> None:
         self._fd = fd
-        self._keep = keep  # fds that must stay open as long as the watch
         self._counters = counters  # the file that says whether the cgroup still exists
         self._closed = False
 
@@ -55,8 +54,7 @@ class _FdWatch:
             return
         self._closed = True
         trio.lowlevel.notify_closing(self._fd)
-        for fd in (self._fd, *self._keep):
-            os.close(fd)
+        os.close(self._fd)
 
     def __enter__(self) -> _FdWatch:
         return self
@@ -87,9 +85,12 @@ class EventfdOomWatch(_FdWatch):
                 f.write(f"{efd} {ofd}")
         except OSError as e:
             os.close(efd)
-            os.close(ofd)
             raise CgroupError(f"register an OOM eventfd in {memory_dir}", e) from e
-        return cls(efd, [ofd], memory_dir / "memory.oom_control")
+        finally:
+            # The registration holds the cgroup and the eventfd, not this file: one fd per
+            # watched container is enough.
+            os.close(ofd)
+        return cls(efd, memory_dir / "memory.oom_control")
 
     async def wait_oom(self) -> bool:
         await self._wake()
@@ -110,7 +111,7 @@ class InotifyOomWatch(_FdWatch):
             err = ctypes.get_errno()
             os.close(fd)
             raise CgroupError(f"inotify_add_watch {cgroup_dir / 'memory.events'}", os.strerror(err))
-        return cls(fd, [], cgroup_dir / "memory.events")
+        return cls(fd, cgroup_dir / "memory.events")
 
     async def wait_oom(self) -> bool:
         while True:
