@@ -15,7 +15,7 @@ from garden.config import ServerConfig
 from garden.events.journal import JournalStats
 from garden.http.prometheus import RequestMetrics, render
 from garden.main import serve
-from tests.unit.fakes import FakeKernel
+from tests.unit.fakes import FakeKernel, FakeProcesses
 
 
 @pytest.fixture
@@ -29,7 +29,9 @@ async def client(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[httpx.A
         tag="gtest",
         handle_signals=False,
     )
-    binds = await nursery.start(partial(serve, config, kernel=FakeKernel()))
+    binds = await nursery.start(
+        partial(serve, config, kernel=FakeKernel(), processes=FakeProcesses())
+    )
     async with httpx.AsyncClient(base_url=binds[0]) as c:
         yield c
     nursery.cancel_scope.cancel()
