@@ -15,7 +15,7 @@ from garden.config import ServerConfig
 from garden.events.journal import JournalStats
 from garden.http.prometheus import RequestMetrics, render
 from garden.main import serve
-from tests.unit.fakes import FakeKernel, FakeProcesses
+from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
 
 
 @pytest.fixture
@@ -30,7 +30,13 @@ async def client(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[httpx.A
         handle_signals=False,
     )
     binds = await nursery.start(
-        partial(serve, config, kernel=FakeKernel(), processes=FakeProcesses())
+        partial(
+            serve,
+            config,
+            kernel=FakeKernel(),
+            processes=FakeProcesses(),
+            networker=FakeNetworker(),
+        )
     )
     async with httpx.AsyncClient(base_url=binds[0]) as c:
         yield c
@@ -62,10 +68,10 @@ async def test_info_metrics_bulk_and_prometheus(client: httpx.AsyncClient) -> No
     info = (await client.get("/containers/a/info")).json()
     assert info["memory_stat"]["usage_in_bytes"] == 4096
     assert info["disk_stat"] == {"bytes_used": 0, "inodes_used": 1}
-    assert info["bandwidth_stat"] == {}
+    assert info["bandwidth_stat"] == {"in_rate": 0, "out_rate": 0}  # networking's figures
     metrics = (await client.get("/containers/a/metrics")).json()
     assert metrics["cpu_stat"] == {"usage": 1000}
-    assert set(metrics) >= {"memory_stat", "cpu_stat", "disk_stat", "bandwidth_stat"}
+    assert metrics["bandwidth_stat"] == info["bandwidth_stat"]
     bulk = (await client.get("/containers/bulk_info?handles=a,b,a")).json()
     assert list(bulk) == ["a", "b"]
     assert bulk["a"]["info"]["state"] == "active"

@@ -29,7 +29,6 @@ def limits(**kw: object) -> Limits:
         {"disk": {"byte_hard": -1}},
         {"disk": {"block_hard": 1 << 40}},
         {"disk": {"inode_hard": 1 << 32}},
-        {"bandwidth": {"rate": 1000}},
     ],
 )
 def test_out_of_range_is_400(bad: dict[str, object]) -> None:
