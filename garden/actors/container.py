@@ -208,6 +208,10 @@ class ContainerActor:
                 started = await self._kernel.create(plan)
                 try:
                     await self._networker.setup(plan, started, self.record.wiring())
+                    if plan.disk is not None:
+                        # The server's own writes (name files) are in: from now on, what is
+                        # written into the container counts against its disk limit.
+                        await self._kernel.set_disk_quota(plan, plan.disk)
                 except BaseException:
                     await self._undo_create()
                     raise

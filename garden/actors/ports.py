@@ -42,8 +42,9 @@ class ResourceKernel(Protocol):
         ...
 
     async def set_disk_quota(self, plan: ContainerPlan, quota: DiskQuota) -> None:
-        """Enforce new hard disk limits on the container's own layer (`plan.disk` not None).
-        `ConflictError` below current use or beyond what the layer can hold."""
+        """Enforce hard disk limits on the container's own layer (`plan.disk` not None): once
+        after the create (what is in the layer then is not the container's use), then on each
+        change. `ConflictError` below current use or beyond what the layer can hold."""
         ...
 
     async def stats(self, plan: ContainerPlan) -> ContainerStats:

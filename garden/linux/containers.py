@@ -140,8 +140,6 @@ class LinuxContainers:
             undo.push_async_callback(self._undo, "unmount", unmount_overlay, cpath)
             await mount_overlay(lower, cpath, plan.uid_base, layer)
             faults.reached("create:after-overlay")
-            if plan.disk is not None:
-                await self.disk.limit(cpath, plan.disk)
             parent = posixpath.dirname(plan.cgroup_path.rstrip("/"))
             await self._ensure_parent(parent)
             spec = oci.container_spec(

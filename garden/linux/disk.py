@@ -58,8 +58,10 @@ class LayerQuota(Protocol):
         ...
 
     async def limit(self, container_path: Path, quota: DiskQuota) -> None:
-        """Enforce `quota` from now on (after the overlay is mounted, and on every change);
-        `ConflictError` if the container already uses more or the limit cannot be reached."""
+        """Enforce `quota` from now on. The first call, once the server has put its own files
+        in the container, records what the layer holds as not the container's use; later
+        calls change the limit. `ConflictError` if the container already uses more or the
+        limit cannot be reached."""
         ...
 
     def usage(self, container_path: Path) -> DiskUsage | None:

@@ -144,7 +144,10 @@ async def test_failed_create_leaves_no_state_and_is_logged(tmp_path: Path) -> No
         {"network": "10.0.0.3/30"},  # the broadcast address
         {"network": "10.0.0.2/30"},  # the host side
         {"limits": {"bandwidth": {"rate": 1000, "burst": 10}}},  # burst below one frame
-        {"limits": {"memory": {"limit_in_bytes": 1 << 30}}},  # not implemented yet
+        {"limits": {"memory": {"limit_in_bytes": 1000}}},  # below the smallest memory limit
+        {"limits": {"cpu": {"limit_in_shares": 1}}},
+        {"limits": {"pids": {"max": -1}}},
+        {"limits": {"disk": {"byte_hard": -1}}},
     ],
 )
 async def test_bad_spec_is_rejected_before_anything_is_recorded(
