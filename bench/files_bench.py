@@ -1,7 +1,8 @@
 """Benchmark of file transfers through the API: one large file in and out, a tree of small
 files in and out as a tar, with the server's RSS sampled throughout, and the page-cache write
 and read speed of the same filesystem measured alongside (this machine is shared: compare with
-the baseline of the same run, never with numbers of another run).
+the baseline of the same run, never with numbers of another run; the server's CPU seconds per
+GiB are the steadier figure).
 
     sudo .venv/bin/python bench/files_bench.py [--size-mib 1024] [--url URL --handle H] [--json]
 
@@ -34,11 +35,14 @@ TEST_ROOT = Path("/var/tmp/garden-bench")
 
 
 class RssSampler:
-    """Samples VmRSS of a pid every 20 ms in a thread; `peak` and `start` in MiB."""
+    """Samples VmRSS of a pid every 20 ms in a thread (`start`, `peak` in MiB) and counts the
+    CPU seconds it used meanwhile (`cpu_used`: a load-independent cost, where wall-clock
+    speeds on a shared machine are not)."""
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
         self.start = self.peak = 0.0
+        self.cpu_start = self.cpu_used = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -51,16 +55,26 @@ class RssSampler:
                     return int(line.split()[1]) / 1024
         return 0.0
 
+    def cpu(self) -> float:
+        """User + system CPU seconds of the process so far."""
+        if self.pid is None:
+            return 0.0
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def _run(self) -> None:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, self.rss())
 
     def __enter__(self) -> RssSampler:
         self.start = self.peak = self.rss()
+        self.cpu_start = self.cpu()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.cpu_used = self.cpu() - self.cpu_start
         self._stop.set()
         self._thread.join()
 
@@ -187,12 +201,14 @@ def run(
             took = _curl(["-T", str(big), f"{files}?destination=/bench/big.bin"])
         out["upload_mbps"] = round(nbytes / took / 1e6)
         out["upload_rss_mib"] = [round(rss.start, 1), round(rss.peak, 1)]
+        out["upload_server_cpu_s_per_gib"] = round(rss.cpu_used * 1024 / size_mib, 2)
 
         back = work / "back.bin"
         with RssSampler(server_pid) as rss:
             took = _curl(["-o", str(back), f"{files}?source=/bench/big.bin"])
         out["download_mbps"] = round(nbytes / took / 1e6)
         out["download_rss_mib"] = [round(rss.start, 1), round(rss.peak, 1)]
+        out["download_server_cpu_s_per_gib"] = round(rss.cpu_used * 1024 / size_mib, 2)
         out["round_trip_sha256_ok"] = _sha256(back) == want
         back.unlink()
         with RssSampler(server_pid) as rss:

@@ -22,6 +22,7 @@ from garden.events.log import EventLog
 from garden.events.schema import ServerStarted
 from garden.events.state import ServerState, evolve
 from garden.http.app import asgi_with_close_fix, create_app
+from garden.http.tuning import tune_for_streaming
 from garden.linux.cgroups import detect
 from garden.linux.containers import LinuxContainers
 from garden.linux.files import LinuxFiles
@@ -153,6 +154,7 @@ async def _serve(
                     files=files or LinuxFiles(),
                 )
                 await inner.start(supervisor.run)
+                tune_for_streaming()
                 app = asgi_with_close_fix(create_app(supervisor))
                 served = trio.Event()
 

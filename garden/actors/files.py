@@ -144,11 +144,18 @@ class FileService:
             yield record.plan(), record.started()
 
     async def stream_in(
-        self, handle: str, *, path: str, user: str, tar: bool, body: AsyncIterable[bytes]
+        self,
+        handle: str,
+        *,
+        path: str,
+        user: str,
+        tar: bool,
+        body: AsyncIterable[bytes],
+        size: int | None = None,
     ) -> None:
         port = self.port
         async with self.transfer(handle) as (plan, started):
-            await port.stream_in(plan, started, path=path, user=user, tar=tar, body=body)
+            await port.stream_in(plan, started, path=path, user=user, tar=tar, body=body, size=size)
 
     async def open_out(self, handle: str, *, path: str, user: str) -> Download:
         """Open the source now (so a missing one is a 404 before the response starts); the

@@ -177,9 +177,11 @@ class ContainerFiles(Protocol):
         user: str,
         tar: bool,
         body: AsyncIterable[bytes],
+        size: int | None = None,
     ) -> None:
-        """Write `body` as the file `path`, or unpack it (a tar) into the directory `path`.
-        A file appears whole or not at all; parent directories are made."""
+        """Write `body` (`size` bytes, when the client said) as the file `path`, or unpack it
+        (a tar) into the directory `path`. A file appears whole or not at all; parent
+        directories are made."""
         ...
 
     async def open_source(

@@ -90,6 +90,7 @@ def register(app: QuartTrio, sup: Supervisor) -> None:
                     user=request.args.get("user", ""),
                     tar=content_type in TAR_TYPES,
                     body=body.chunks(),
+                    size=request.content_length,
                 )
             except rawbody.ClientDisconnected:
                 log.info("files-in-client-gone handle=%s bytes=%d", handle, body.bytes_read)

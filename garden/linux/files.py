@@ -89,9 +89,10 @@ class LinuxFiles:
         user: str,
         tar: bool,
         body: AsyncIterable[bytes],
+        size: int | None = None,
     ) -> None:
-        """Write `body` at `path` (a file, or with `tar` an archive unpacked into the
-        directory `path`)."""
+        """Write `body` (of `size` bytes, when known) at `path`: a file, or with `tar` an
+        archive unpacked into the directory `path`."""
         send, receive = trio.open_memory_channel[list[bytes]](QUEUE)
         reader = BodyReader(receive)
 
@@ -113,7 +114,7 @@ class LinuxFiles:
                             stats.skipped_devices + stats.skipped_other,
                         )
                     else:
-                        write_file(root_fd, target, owner, reader)
+                        write_file(root_fd, target, owner, reader, size)
                         log.info(
                             "files-in handle=%s dest=%s bytes=%d",
                             plan.handle,
@@ -256,10 +257,13 @@ def split_file_path(path: str) -> tuple[str, str]:
     return parent or "/", name
 
 
-def write_file(root_fd: int, path: str, owner: Owner, reader: BodyReader) -> None:
+def write_file(
+    root_fd: int, path: str, owner: Owner, reader: BodyReader, size: int | None = None
+) -> None:
     """Write the body as the file `path` (mode 0644, owned by `owner`): its parents are made;
     a symlink at its end is followed (inside the root) as open(2) would; it replaces what was
-    there atomically; a directory there is a conflict."""
+    there atomically; a directory there is a conflict. With the body's `size` known, the
+    blocks are allocated first (a full disk fails before the body is read)."""
     parent_fd = -1
     try:
         for _ in range(_MAX_SYMLINKS):
@@ -287,6 +291,8 @@ def write_file(root_fd: int, path: str, owner: Owner, reader: BodyReader) -> Non
         except FileNotFoundError:
             pass
         with NewFile(parent_fd) as f:
+            if size:
+                f.reserve(size)
             while (block := reader.next_block()) is not None:
                 f.writev(block)
             f.finish(uid=owner.host_uid, gid=owner.host_gid, mode=_RAW_MODE)

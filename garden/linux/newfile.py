@@ -10,6 +10,7 @@ symlink at that name: the directory may belong to a container whose processes ra
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import secrets
@@ -17,6 +18,12 @@ import stat
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import final
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_libc.fallocate.restype = ctypes.c_int
+# Where fallocate is not supported, do without (glibc's posix_fallocate would write zeros).
+_NO_FALLOCATE = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 def temp_name() -> str:
@@ -41,6 +48,16 @@ class NewFile:
             fd = os.open(self._temp, flags, 0o600, dir_fd=parent_fd)
         self.fd = fd
         self._done = False
+
+    def reserve(self, size: int) -> None:
+        """Allocate `size` bytes up front: a full disk fails here, before any data is sent
+        (ENOSPC/EDQUOT), and writing into allocated blocks is faster (ext4 skips its delayed
+        allocation). Filesystems without fallocate are written as they come."""
+        if size <= 0 or _libc.fallocate(self.fd, 0, 0, size) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in _NO_FALLOCATE:
+            raise OSError(err, os.strerror(err), "fallocate")
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)

@@ -50,6 +50,7 @@ log = logging.getLogger("garden.linux.files")
 
 _PATH_MAX = 4096
 _BATCH: Final = 64  # iovecs per writev
+_RESERVE_FROM: Final = 1 << 20  # members this large get their blocks allocated first
 
 
 class ExtractStats(msgspec.Struct, kw_only=True):
@@ -187,6 +188,8 @@ class TarExtractor:
         try:
             self._check_not_dir(parent, parts[-1], parts)
             with NewFile(parent) as f:
+                if m.size >= _RESERVE_FROM:
+                    f.reserve(m.size)
                 batch: list[memoryview] = []
                 size = 0
                 for piece in reader.data():

@@ -263,6 +263,14 @@ async def test_full_disk_is_507_and_leaves_nothing(server: Server, tmp_path: Pat
         assert r.json()["type"] == "DiskLimitExceededError"
         assert "disk" in r.json()["message"]
         assert sorted(os.listdir(small)) == ["keep"]  # no half-written file, no temporary
+
+        async def chunked() -> AsyncIterator[bytes]:  # no length: fails while writing
+            for _ in range(48):
+                yield b"z" * (64 << 10)
+
+        r = await put(server, "full", "/small/big", chunked())  # type: ignore[arg-type]
+        assert r.status_code == 507, r.text
+        assert sorted(os.listdir(small)) == ["keep"]
         archive = tar_of([(entry("a"), b"1"), (entry("b"), os.urandom(3 << 20))])
         r = await server.client.put(
             "/containers/full/files",

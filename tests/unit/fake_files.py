@@ -70,6 +70,7 @@ class FakeFiles:
         user: str,
         tar: bool,
         body: AsyncIterable[bytes],
+        size: int | None = None,
     ) -> None:
         self.calls.append((plan.handle, path, user, tar))
         if self.fail_in is not None:
