@@ -96,11 +96,12 @@ class Transfers:
 class Download:
     """An opened source and what the response needs to know before its first byte."""
 
-    def __init__(self, service: FileService, handle: str, source: FileSource) -> None:
+    def __init__(self, service: FileService, handle: str, path: str, source: FileSource) -> None:
         self.kind: Literal["file", "dir"] = source.kind
         self.size = source.size
         self._service = service
         self._handle = handle
+        self._path = path
         self._source = source
 
     def close(self) -> None:
@@ -110,12 +111,30 @@ class Download:
     async def stream(self) -> AsyncGenerator[bytes, None]:
         """The bytes, while holding the container like any transfer (so a destroy cuts the
         stream off instead of racing it)."""
+        sent = 0
         try:
             async with self._service.transfer(self._handle), self._source.stream() as blocks:
                 async for block in blocks:
                     yield block
+                    sent += len(block)
+        except BaseException as exc:
+            log.info(
+                "files-out-cut handle=%s path=%s bytes=%d reason=%s",
+                self._handle,
+                self._path,
+                sent,
+                type(exc).__name__,
+            )
+            raise
         finally:
             self._source.close()
+        log.info(
+            "files-out handle=%s path=%s kind=%s bytes=%d",
+            self._handle,
+            self._path,
+            self.kind,
+            sent,
+        )
 
 
 @final
@@ -163,4 +182,4 @@ class FileService:
         port = self.port
         async with self.transfer(handle) as (plan, started):
             source = await port.open_source(plan, started, path=path, user=user)
-        return Download(self, handle, source)
+        return Download(self, handle, path, source)

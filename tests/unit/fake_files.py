@@ -21,6 +21,8 @@ class FakeSource:
         self.blocks = blocks
         self.fail_after = fail_after
         self.closed = False
+        self.first_sent = trio.Event()
+        self.gate: trio.Event | None = None  # awaited before every block after the first
 
     def stream(self) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[bytes]]:
         return self._stream()
@@ -31,7 +33,10 @@ class FakeSource:
             for i, block in enumerate(self.blocks):
                 if self.fail_after is not None and i >= self.fail_after:
                     raise OSError(5, "disk on fire")
+                if i and self.gate is not None:
+                    await self.gate.wait()
                 yield block
+                self.first_sent.set()
         finally:
             self.closed = True
 

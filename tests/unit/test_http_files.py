@@ -194,3 +194,26 @@ async def test_destroy_cancels_an_upload_in_flight(
     assert answer[0].status_code == 404
     assert "destroyed during the transfer" in answer[0].json()["message"]
     assert "/f" not in fake_files.written
+
+
+async def test_destroy_cuts_a_download_off(
+    client: httpx.AsyncClient, fake_files: FakeFiles
+) -> None:
+    fake_files.add_source("/d", "dir", [b"a" * 1000, b"b" * 1000])
+    source = fake_files.sources["/d"]
+    source.gate = trio.Event()
+    errors: list[Exception] = []
+
+    async def download() -> None:
+        try:
+            await client.get("/containers/c/files?source=/d")
+        except httpx.HTTPError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(download)
+        await source.first_sent.wait()
+        r = await client.delete("/containers/c")
+        assert r.status_code == 200, r.text
+    assert len(errors) == 1 and isinstance(errors[0], httpx.RemoteProtocolError)
+    assert source.closed
