@@ -161,6 +161,12 @@ class OwnServer:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
             self.log.close()
+            # The server leaves its (empty) cgroup parent for the next start: ours is gone.
+            import trio
+
+            from garden.linux.cgroups import detect
+
+            trio.run(detect().remove_parent_if_empty, f"/{self.tag}")
 
 
 def run(
