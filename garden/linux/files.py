@@ -98,7 +98,7 @@ class LinuxFiles:
 
         def work() -> None:
             with _container_root(plan, started) as root_fd:
-                owner = _owner(root_fd, user, plan.uid_base)
+                owner = _owner(root_fd, user, plan)
                 target = in_home(path, owner.home)
                 with _mapped_errors(target, writing=True, handle=plan.handle):
                     if tar:
@@ -140,7 +140,7 @@ class LinuxFiles:
 
         def work() -> LinuxSource:
             with _container_root(plan, started) as root_fd:
-                owner = _owner(root_fd, user, plan.uid_base)
+                owner = _owner(root_fd, user, plan)
                 source = in_home(path, owner.home)
                 with _mapped_errors(source, writing=False, handle=plan.handle):
                     return open_source(root_fd, source, plan.uid_base)
@@ -228,13 +228,18 @@ def open_container_root(plan: ContainerPlan, started: Started | None) -> int:
     return fd
 
 
-def _owner(root_fd: int, user: str, uid_base: int | None) -> Owner:
-    ids = users.lookup_user(root_fd, user or "root")
-    if uid_base is not None and not (0 <= ids.uid < _ID_RANGE and 0 <= ids.gid < _ID_RANGE):
+def _owner(root_fd: int, user: str, plan: ContainerPlan) -> Owner:
+    try:
+        ids = users.lookup_user(root_fd, user or "root")
+    except GardenError as e:
+        e.handle = plan.handle
+        raise
+    if plan.uid_base is not None and not (0 <= ids.uid < _ID_RANGE and 0 <= ids.gid < _ID_RANGE):
         raise InvalidRequestError(
-            f"user {user!r} ({ids.uid}:{ids.gid}) is outside the container's id map (0-65535)"
+            f"user {user!r} ({ids.uid}:{ids.gid}) is outside the container's id map (0-65535)",
+            handle=plan.handle,
         )
-    return Owner(ids.uid, ids.gid, uid_base, ids.home)
+    return Owner(ids.uid, ids.gid, plan.uid_base, ids.home)
 
 
 def in_home(path: str, home: str) -> str:
