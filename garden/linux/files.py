@@ -64,6 +64,10 @@ log = logging.getLogger("garden.linux.files")
 _ID_RANGE: Final = 65536  # ids an unprivileged container maps
 _MAX_SYMLINKS: Final = 40  # as the kernel's path walk
 _RAW_MODE: Final = 0o644
+# A transfer holds a worker thread from start to end. They come from a pool of their own, so
+# that many long transfers never starve trio's default pool (the journal's writes, the kernel
+# work of creates); transfers beyond it wait for a thread, their bodies unread.
+TRANSFER_THREADS: Final = 64
 
 
 @final
@@ -80,6 +84,9 @@ class Owner:
 
 @final
 class LinuxFiles:
+    def __init__(self, threads: int = TRANSFER_THREADS) -> None:
+        self._threads = trio.CapacityLimiter(threads)
+
     async def stream_in(
         self,
         plan: ContainerPlan,
@@ -126,7 +133,7 @@ class LinuxFiles:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(feed, body, send, reader)
                 try:
-                    await trio.to_thread.run_sync(work)
+                    await trio.to_thread.run_sync(work, limiter=self._threads)
                 finally:
                     nursery.cancel_scope.cancel()  # an archive may end before the body does
         except BaseExceptionGroup as group:
@@ -143,9 +150,9 @@ class LinuxFiles:
                 owner = _owner(root_fd, user, plan)
                 source = in_home(path, owner.home)
                 with _mapped_errors(source, writing=False, handle=plan.handle):
-                    return open_source(root_fd, source, plan.uid_base)
+                    return open_source(root_fd, source, plan.uid_base, self._threads)
 
-        return await trio.to_thread.run_sync(work)
+        return await trio.to_thread.run_sync(work, limiter=self._threads)
 
 
 @final
@@ -160,19 +167,21 @@ class LinuxSource:
         size: int | None,
         prefix: str,
         uid_base: int | None,
+        threads: trio.CapacityLimiter | None = None,
     ) -> None:
         self.kind: Literal["file", "dir"] = kind
         self.size = size
         self._fd = fd
         self._prefix = prefix
         self._uid_base = uid_base
+        self._threads = threads
         self._close = weakref.finalize(self, os.close, fd)
 
     def close(self) -> None:
         self._close()
 
     def stream(self) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[bytes]]:
-        return produced_blocks(self._produce)
+        return produced_blocks(self._produce, self._threads)
 
     def _produce(self, writer: BlockWriter) -> None:
         try:
@@ -315,7 +324,9 @@ def _refuse_directory_path(root_fd: int, path: str) -> None:
     raise ConflictError(f"{path} is a directory")
 
 
-def open_source(root_fd: int, path: str, uid_base: int | None) -> LinuxSource:
+def open_source(
+    root_fd: int, path: str, uid_base: int | None, threads: trio.CapacityLimiter | None = None
+) -> LinuxSource:
     """Open `path` inside the root for reading: a regular file or a directory."""
     fd = inroot.open_in_root(root_fd, path, os.O_PATH)
     try:
@@ -338,7 +349,7 @@ def open_source(root_fd: int, path: str, uid_base: int | None) -> LinuxSource:
         os.close(opened)
         raise
     size = os.fstat(opened).st_size if kind == "file" else None
-    return LinuxSource(opened, kind, size, tar_prefix(path), uid_base)
+    return LinuxSource(opened, kind, size, tar_prefix(path), uid_base, threads)
 
 
 def tar_prefix(path: str) -> str:

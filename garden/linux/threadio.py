@@ -138,9 +138,12 @@ class BlockWriter:
 
 
 @trio.as_safe_channel
-async def produced_blocks(produce: Callable[[BlockWriter], None]) -> AsyncGenerator[bytes, None]:
-    """Run `produce(writer)` in a worker thread and yield the blocks it writes, in order; its
-    error is raised here after the blocks written before it."""
+async def produced_blocks(
+    produce: Callable[[BlockWriter], None], limiter: trio.CapacityLimiter | None = None
+) -> AsyncGenerator[bytes, None]:
+    """Run `produce(writer)` in a worker thread (of `limiter`'s, else trio's default pool) and
+    yield the blocks it writes, in order; its error is raised here after the blocks written
+    before it."""
     send, receive = trio.open_memory_channel[bytes](QUEUE)
 
     def run() -> None:
@@ -150,7 +153,7 @@ async def produced_blocks(produce: Callable[[BlockWriter], None]) -> AsyncGenera
 
     async def run_thread() -> None:
         with send:
-            await trio.to_thread.run_sync(run)
+            await trio.to_thread.run_sync(run, limiter=limiter)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_thread)
