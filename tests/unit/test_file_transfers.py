@@ -18,7 +18,7 @@ from garden.events.journal import Journal
 from garden.events.log import EventLog
 from garden.events.state import evolve, replay
 from tests.unit.fake_files import FakeFiles
-from tests.unit.fakes import FakeKernel, FakeProcesses
+from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
 from tests.unit.test_supervisor import ORIGIN, make_config, spec
 
 
@@ -38,6 +38,7 @@ async def running(tmp_path: Path, files: FakeFiles) -> AsyncIterator[Supervisor]
                 journal=journal,
                 kernel=FakeKernel(),
                 processes=FakeProcesses(),
+                networker=FakeNetworker(),
                 files=files,
             )
             await nursery.start(sup.run)
