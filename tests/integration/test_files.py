@@ -247,8 +247,9 @@ async def test_escapes_leave_the_host_untouched(server: Server, canary: Path) ->
     assert inside(server, cid, "cat", "/t/hl") == "EVIL-ABS"
 
 
-async def test_full_disk_is_507_and_leaves_nothing(server: Server, tmp_path: Path) -> None:
-    small = tmp_path / "small"
+async def test_full_disk_is_507_and_leaves_nothing(server: Server, state_dir: Path) -> None:
+    # Not under pytest's tmp dir: the container's mapped root must traverse to the mount source.
+    small = state_dir.parent / "small"
     small.mkdir()
     await trio.run_process(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "gtest", str(small)])
     try:
