@@ -14,7 +14,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from garden import __version__
-from garden.actors.ports import ContainerKernel, Networker, ProcessKernel
+from garden.actors.ports import ContainerFiles, ContainerKernel, Networker, ProcessKernel
 from garden.actors.supervisor import Supervisor
 from garden.config import ServerConfig
 from garden.events.journal import Journal
@@ -22,8 +22,10 @@ from garden.events.log import EventLog
 from garden.events.schema import ServerStarted
 from garden.events.state import ServerState, evolve
 from garden.http.app import asgi_with_close_fix, create_app
+from garden.http.tuning import tune_for_streaming
 from garden.linux.cgroups import detect
 from garden.linux.containers import LinuxContainers
+from garden.linux.files import LinuxFiles
 from garden.linux.keys import ensure_key_quota
 from garden.linux.net.networker import LinuxNetworker
 from garden.linux.output import open_log_watcher
@@ -95,11 +97,12 @@ async def serve(
     kernel: ContainerKernel | None = None,
     processes: ProcessKernel | None = None,
     networker: Networker | None = None,
+    files: ContainerFiles | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the server until SIGTERM/SIGINT (or until cancelled). Containers and their
-    processes keep running. `kernel`, `processes` and `networker` replace the real ones in
-    unit tests."""
+    processes keep running. `kernel`, `processes`, `networker` and `files` replace the real
+    ones in unit tests."""
     if networker is None and kernel is not None:
         # A real networker would wire a fake kernel's "containers" into the host's network.
         raise TypeError("serve() with a kernel of its own needs a networker of its own too")
@@ -116,7 +119,7 @@ async def serve(
             processes.sweep_socket_dir()
         if networker is None:
             networker = build_networker(config)
-        await _serve(config, event_log, state, kernel, processes, networker, task_status)
+        await _serve(config, event_log, state, kernel, processes, networker, files, task_status)
 
 
 def socket_dir(config: ServerConfig) -> Path:
@@ -131,6 +134,7 @@ async def _serve(
     kernel: ContainerKernel,
     processes: ProcessKernel,
     networker: Networker,
+    files: ContainerFiles | None,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     journal = Journal(event_log, lambda record: evolve(state, record))
@@ -147,8 +151,10 @@ async def _serve(
                     kernel=kernel,
                     processes=processes,
                     networker=networker,
+                    files=files or LinuxFiles(),
                 )
                 await inner.start(supervisor.run)
+                tune_for_streaming()
                 app = asgi_with_close_fix(create_app(supervisor))
                 served = trio.Event()
 

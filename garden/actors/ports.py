@@ -1,13 +1,14 @@
 """What the actors need from the kernel side, declared here where it is consumed.
 
-`garden/linux/containers.py` implements `ContainerKernel` for real; `tests/unit/fakes.py` has a
-fake that records calls. Actors never import `garden.linux` modules other than the plain data
-types of `garden.linux.plan`.
+`garden/linux/containers.py` implements `ContainerKernel` for real and `garden/linux/files.py`
+`ContainerFiles`; `tests/unit/fakes.py` and `tests/unit/fake_files.py` have fakes that record
+calls. Actors never import `garden.linux` modules other than the plain data types of
+`garden.linux.plan`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Literal, Protocol
 
@@ -172,4 +173,49 @@ class Networker(Protocol):
     def stats(self, plan: ContainerPlan, wiring: NetWiring) -> dict[str, int]:
         """The container's `bandwidth_stat`: limits in force and traffic counters (quick
         reads, no waiting)."""
+        ...
+
+
+class FileSource(Protocol):
+    """A file or directory of a container, opened for reading (see `ContainerFiles`)."""
+
+    kind: Literal["file", "dir"]
+    size: int | None  # of a file; None for a directory (it streams as a tar)
+
+    def stream(self) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[bytes]]:
+        """Its bytes in blocks (a directory as a tar); use once. Closes the source."""
+        ...
+
+    def close(self) -> None:
+        """Release a source that will not be streamed (idempotent)."""
+        ...
+
+
+class ContainerFiles(Protocol):
+    """Files into and out of a container's filesystem (`garden/linux/files.py`). Every path is
+    resolved inside the container (relative ones from `user`'s home), whatever symlinks it
+    meets; `user` ("" = root) owns what is written. Errors are `GardenError`s: a missing source
+    is `FileNotFoundInContainerError`, a bad path or tar `InvalidRequestError`, a directory
+    where a file goes `ConflictError`, a full disk `DiskLimitExceededError`."""
+
+    async def stream_in(
+        self,
+        plan: ContainerPlan,
+        started: Started | None,
+        *,
+        path: str,
+        user: str,
+        tar: bool,
+        body: AsyncIterable[bytes],
+        size: int | None = None,
+    ) -> None:
+        """Write `body` (`size` bytes, when the client said) as the file `path`, or unpack it
+        (a tar) into the directory `path`. A file appears whole or not at all; parent
+        directories are made."""
+        ...
+
+    async def open_source(
+        self, plan: ContainerPlan, started: Started | None, *, path: str, user: str
+    ) -> FileSource:
+        """Open the file or directory at `path` (404 before any byte is sent when absent)."""
         ...

@@ -1,5 +1,5 @@
 """The supervisor: owns the nursery every container actor lives in, the handle registry, the
-grace reaper, and recovery at start-up.
+grace reaper, the file transfers in flight (`actors/files.py`), and recovery at start-up.
 
 Reads (list, info, properties) are answered from the replayed state without a trip through an
 actor; changes go to the container's actor, which records them in the journal first.
@@ -30,10 +30,11 @@ from garden.actors.container import (
     SetProperty,
     Stop,
 )
+from garden.actors.files import FileService, Transfers
 from garden.actors.grace import GraceReaper
 from garden.actors.net_rules import check_port, normalise_rule
 from garden.actors.pools import Address, Holding, NetworkPools, parse_network
-from garden.actors.ports import ContainerKernel, Networker, ProcessKernel
+from garden.actors.ports import ContainerFiles, ContainerKernel, Networker, ProcessKernel
 from garden.actors.processes import LiveProcess
 from garden.actors.spec_rules import check_property, check_spec
 from garden.api import (
@@ -75,6 +76,7 @@ class Supervisor:
         kernel: ContainerKernel,
         processes: ProcessKernel,
         networker: Networker,
+        files: ContainerFiles | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -84,6 +86,8 @@ class Supervisor:
         self.networker = networker
         self.pools = NetworkPools(_pool(config), config.port_pool_start, config.port_pool_size)
         self.reaper = GraceReaper(self._expire)
+        self.transfers = Transfers()
+        self.files = FileService(self, files)
         self._actors: dict[str, ContainerActor] = {}
         self._reserved: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -191,7 +195,8 @@ class Supervisor:
         if actor is None:
             return
         try:
-            await actor.call(Destroy(reason="grace"))
+            async with self.transfers.closed(handle):
+                await actor.call(Destroy(reason="grace"))
         except ContainerNotFoundError:
             pass
         except Exception:
@@ -246,7 +251,8 @@ class Supervisor:
         return await self.actor(handle).call(command)
 
     async def destroy(self, handle: str, origin: ev.Origin) -> None:
-        await self.send(handle, Destroy(origin=origin))
+        async with self.transfers.closed(handle):  # file transfers end before the teardown
+            await self.send(handle, Destroy(origin=origin))
 
     async def stop(self, handle: str, kill: bool, origin: ev.Origin) -> None:
         await self.send(handle, Stop(kill=kill, origin=origin))

@@ -20,6 +20,7 @@ from garden.actors.supervisor import Supervisor
 from garden.http import (
     routes,
     routes_events,
+    routes_files,
     routes_limits,
     routes_metrics,
     routes_net,
@@ -110,6 +111,7 @@ def create_app(supervisor: Supervisor) -> QuartTrio:
     routes_net.register(app, supervisor)
     routes_limits.register(app, supervisor)
     routes_metrics.register(app, supervisor)
+    routes_files.register(app, supervisor)
     return app
 
 

@@ -19,15 +19,15 @@ container's own view including its bind mounts; the host rootfs dir also works):
 - `find_executable(root, path, env, cwd)`: PATH lookup like runc's (a `path` without `/` is looked
   up on the merged env's PATH; with `/` it is taken relative to `cwd`), every path resolved with
   openat2(RESOLVE_IN_ROOT), so symlinks (absolute ones too) never lead out of `root`. Raises
-  `ExecutableNotFoundError` unless it finds a regular file with an execute bit. Needs Linux ≥ 5.6.
+  `ExecutableNotFoundError` unless it finds a regular file with an execute bit.
 - `ensure_dir(root, path, uid, gid)`: creates a missing working directory (and parents) inside
   `root`, new directories owned by the given *host* uid/gid.
+Both resolve every path with `garden.linux.inroot` (openat2 RESOLVE_IN_ROOT).
 - `rlimit_ceiling()`: the server's own hard limits (None where there is no ceiling).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import posixpath
@@ -37,8 +37,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from garden.errors import ExecutableNotFoundError, InvalidRequestError, KernelError
-from garden.linux import users
+from garden.errors import ExecutableNotFoundError, InvalidRequestError
+from garden.linux import inroot, users
 from garden.linux.oci import PRIVILEGED_CAPS, UNPRIVILEGED_CAPS
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -151,34 +151,10 @@ def build_process(
 
 # --- filesystem checks inside the container's root -------------------------------------------
 
-_SYS_OPENAT2 = 437  # the same number on every architecture
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def _open_in_root(root_fd: int, rel: str, flags: int) -> int:
-    """openat2(root_fd, rel, RESOLVE_IN_ROOT): `rel` resolved as if root_fd were "/"."""
-    how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(
-        ctypes.c_long(_SYS_OPENAT2),
-        ctypes.c_int(root_fd),
-        ctypes.c_char_p(os.fsencode(rel or ".")),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    if fd < 0:
-        err = ctypes.get_errno()
-        if err == errno.ENOSYS:
-            raise KernelError("openat2 (needs Linux >= 5.6)", os.strerror(err))
-        raise OSError(err, os.strerror(err), rel)
-    return int(fd)
+    """`rel` opened as if root_fd were "/" (see `garden.linux.inroot`)."""
+    return inroot.open_in_root(root_fd, rel, flags)
 
 
 def _is_executable(root_fd: int, path: str) -> bool:
@@ -223,27 +199,11 @@ def find_executable(root: str | Path, path: str, env: Iterable[str], cwd: str = 
 def ensure_dir(root: str | Path, path: str, uid: int, gid: int) -> None:
     """Create `path` (absolute, inside `root`) and missing parents, new ones owned by the host
     `uid`/`gid` with mode 0755; existing directories are left as they are."""
-    parts = [p for p in posixpath.normpath("/" + path).split("/") if p]
-    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        done = ""
-        for part in parts:
-            parent = _open_in_root(root_fd, done, os.O_PATH | os.O_DIRECTORY)
-            try:
-                try:
-                    os.mkdir(part, 0o755, dir_fd=parent)
-                except FileExistsError:
-                    pass
-                else:
-                    os.chown(part, uid, gid, dir_fd=parent, follow_symlinks=False)
-            finally:
-                os.close(parent)
-            done = posixpath.join(done, part)
-        os.close(_open_in_root(root_fd, done, os.O_PATH | os.O_DIRECTORY))  # a dir, surely
+        with inroot.opened_root(root) as root_fd:
+            os.close(inroot.make_dirs(root_fd, posixpath.normpath("/" + path), uid=uid, gid=gid))
     except OSError as e:
         raise InvalidRequestError(f"cannot create working directory {path}: {e.strerror}") from e
-    finally:
-        os.close(root_fd)
 
 
 def _has_cap(bit: int) -> bool:

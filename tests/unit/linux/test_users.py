@@ -97,9 +97,9 @@ def test_missing_files(tmp_path: Path) -> None:
 
 
 def test_fallback_without_openat2(rootfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import garden.linux.users as users
+    import garden.linux.inroot as inroot
 
-    monkeypatch.setattr(users, "_openat2_missing", True)
+    monkeypatch.setattr(inroot, "_openat2_missing", True)
     assert lookup_user(rootfs, "vcap") == (1000, 1001, "/home/vcap")
     os.symlink("/etc/passwd", rootfs / "p2")
     assert read_file_in_root(rootfs, "p2") is None  # symlinks refused by the fallback
