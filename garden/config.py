@@ -45,6 +45,9 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     stop_timeout: float = 10.0
     # When False (tests, benchmarks) SIGTERM/SIGINT are not hooked.
     handle_signals: bool = True
+    # A snapshot of the state is written every this many records (and at shutdown), so a
+    # start replays at most about this many (docs/events.md#snapshots).
+    snapshot_every: int = 20_000
 
     @property
     def state_path(self) -> Path:

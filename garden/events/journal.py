@@ -31,7 +31,7 @@ import trio
 
 from garden import faults
 from garden.errors import InternalError, ServiceUnavailableError
-from garden.events.log import EventLog, check_events
+from garden.events.log import EventLog, LogPosition, check_events
 from garden.events.schema import AnyEvent, Origin, Record
 
 NO_ORIGIN: Final = Origin()
@@ -96,6 +96,7 @@ class Journal:
         self._stopped = trio.Event()
         self._scope: trio.CancelScope | None = None
         self._published = log.last_seq
+        self._position = log.position
         self._recent: deque[Record] = deque(maxlen=RECENT)
         self._new_records = trio.Event()
         self._records = self._batches = self._bytes = self._errors = self._largest = 0
@@ -104,6 +105,22 @@ class Journal:
     def last_seq(self) -> int:
         """The seq of the last record that is durable and applied."""
         return self._published
+
+    @property
+    def position(self) -> LogPosition:
+        """Where the last applied record ends in the log. Read in the trio thread it matches
+        the state the records were applied to (a snapshot keeps the two together)."""
+        return self._position
+
+    async def wait_applied(self, seq: int) -> bool:
+        """Wait until the record `seq` is durable and applied: True, or False if the journal
+        stopped first."""
+        while self._published < seq:
+            if self._stopped.is_set():
+                return False
+            await self._new_records.wait()
+        await trio.lowlevel.checkpoint()
+        return True
 
     def stats(self) -> JournalStats:
         return JournalStats(
@@ -215,6 +232,7 @@ class Journal:
         self._largest = max(self._largest, len(records))
         self._recent.extend(records)
         self._published = records[-1].seq
+        self._position = self._log.position
         self._new_records.set()
         self._new_records = trio.Event()
 

@@ -7,6 +7,11 @@ them) is what a crash during a write leaves and is cut off and reported in `Even
 damage followed by a valid record, or a sequence gap or repeat, raises `LogCorruptError` and
 the server refuses to start. `repair` is the explicit operator action that copies the valid
 prefix aside. The methods here block on disk I/O: from trio, call them in a worker thread.
+
+`open(resume=position)` starts the scan at a `LogPosition` a snapshot recorded instead of at
+byte 0, after checking that the file still holds that record there: start-up then costs the
+tail, not the history. The part before it is checked (and indexed for `records(since)`) only
+when something reads it, or by `verify()`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -133,6 +139,25 @@ def _seq_of(body: bytes) -> int:
 
 
 @final
+class LogPosition(msgspec.Struct, frozen=True, kw_only=True):
+    """The end of record `seq` in the file: the next record starts at byte `offset`, and the
+    line of record `seq` is `length` bytes with checksum `crc`, so a reader can check cheaply
+    that a file still holds it. `LogPosition()` is the start of an empty log."""
+
+    seq: int = 0
+    offset: int = 0
+    crc: int = 0
+    length: int = 0
+
+
+START: Final = LogPosition()
+
+
+class PositionMismatchError(ValueError):
+    """The log does not hold, at the given position, the record a `LogPosition` describes."""
+
+
+@final
 class TornTail(msgspec.Struct, frozen=True, kw_only=True):
     """What `EventLog.open` cut off the end of the file: a write interrupted by a crash."""
 
@@ -149,11 +174,11 @@ class EventLog:
         self,
         path: Path,
         fd: int,
-        last_seq: int,
-        end: int,
+        position: LogPosition,
         index: list[int],
         torn: TornTail | None,
         *,
+        floor: LogPosition = START,
         readonly: bool = False,
     ) -> None:
         self.path = path
@@ -162,23 +187,36 @@ class EventLog:
         self.fsyncs = 0
         self.bytes_written = 0
         self._fd = fd
-        self._last_seq = last_seq
-        self._end = end
+        # Assigned as one object, so a reader in another thread never sees a torn pair.
+        self._position = position
+        # The scan started at `floor`: the history up to it is unchecked and unindexed.
+        # `_index[i]` is the offset of seq (_index_base + i) * INDEX_EVERY + 1.
+        self._floor = floor
+        self._index_base = -(-floor.seq // INDEX_EVERY)
         self._index = index
+        self._prefix_index: list[int] | None = [] if floor.seq == 0 else None
+        self._prefix_lock = threading.Lock()
         self._broken = ""
 
     @classmethod
-    def open(cls, path: Path, *, readonly: bool = False) -> EventLog:
+    def open(
+        cls, path: Path, *, readonly: bool = False, resume: LogPosition | None = None
+    ) -> EventLog:
         """Create (fsyncing the directory) or scan the log at `path`, cut a torn tail, and
         lock it against a second writer. Raises `LogCorruptError` on damage before the tail
         or a sequence break, `OSError` if another `EventLog` holds the lock.
 
+        `resume` scans only from that position on, after checking that the file holds the
+        record it describes (`PositionMismatchError` if not; nothing is cut then).
+
         `readonly=True` is for reading a log a running server may be writing (`garden
         events`, tests): no lock, no create, and a torn tail is reported but not cut."""
+        floor = resume or START
         if readonly:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                return cls(path, fd, *_scan(path), readonly=True)
+                _check_position(fd, path, floor)
+                return cls(path, fd, *_scan(path, floor), floor=floor, readonly=True)
             except BaseException:
                 os.close(fd)
                 raise
@@ -198,12 +236,14 @@ class EventLog:
                 raise OSError(errno.EAGAIN, why, str(path)) from exc
             if created:
                 _fsync_dir(path.parent)
-                return cls(path, fd, 0, 0, [], None)
-            last_seq, end, index, torn = _scan(path)
+            _check_position(fd, path, floor)
+            if created:
+                return cls(path, fd, START, [], None)
+            position, index, torn = _scan(path, floor)
             if torn is not None:
                 os.ftruncate(fd, torn.offset)
                 os.fsync(fd)
-            return cls(path, fd, last_seq, end, index, torn)
+            return cls(path, fd, position, index, torn, floor=floor)
         except BaseException:
             os.close(fd)
             raise
@@ -211,21 +251,43 @@ class EventLog:
     @property
     def last_seq(self) -> int:
         """The seq of the last durable record; 0 for an empty log."""
-        return self._last_seq
+        return self._position.seq
 
     @property
     def size_bytes(self) -> int:
-        return self._end
+        return self._position.offset
+
+    @property
+    def position(self) -> LogPosition:
+        """Where the last durable record ends (what a snapshot of the state after it keeps)."""
+        return self._position
+
+    @property
+    def resumed_at(self) -> LogPosition:
+        """The position `open` started its scan at: `LogPosition()` unless it resumed."""
+        return self._floor
+
+    def verify(self) -> None:
+        """Check the checksum and seq of every record before the position `open` resumed at
+        (it checked those after); `LogCorruptError` on damage. A no-op after a full open."""
+        self._prefix()
 
     def records(self, since: int = 0) -> Iterator[Record]:
         """Stream the records with seq > `since` from disk, checking each; stops at the end
         of what was durable when called. Raises `LogCorruptError` on damage."""
-        end, last_seq = self._end, self._last_seq
+        position = self._position
+        end, last_seq = position.offset, position.seq
         if since >= last_seq:
             return
         block = max(since, 0) // INDEX_EVERY
-        offset = self._index[block]
-        expected = block * INDEX_EVERY + 1
+        if block >= self._index_base:
+            offset = self._index[block - self._index_base]
+            expected = block * INDEX_EVERY + 1
+        elif since >= self._floor.seq:
+            offset, expected = self._floor.offset, self._floor.seq + 1
+        else:
+            offset = self._prefix()[block]
+            expected = block * INDEX_EVERY + 1
         decode = _decoder.decode
         crc32 = zlib.crc32
         with open(self.path, "rb") as file:
@@ -257,6 +319,24 @@ class EventLog:
         if expected <= last_seq:
             raise LogCorruptError(str(self.path), offset, "file shorter than scanned")
 
+    def _prefix(self) -> list[int]:
+        """The seek index of the history before the resume point, checking it on first use
+        (once, whichever thread asks first)."""
+        with self._prefix_lock:
+            if self._prefix_index is None:
+                floor = self._floor
+                position, index, torn = _scan(self.path, START, stop=floor.offset)
+                if torn is not None:
+                    raise LogCorruptError(str(self.path), torn.offset, torn.reason)
+                if position != floor:
+                    raise LogCorruptError(
+                        str(self.path),
+                        position.offset,
+                        f"history ends at seq {position.seq} where {floor.seq} was expected",
+                    )
+                self._prefix_index = index
+            return self._prefix_index
+
     def _slow_decode(self, body: bytes, offset: int) -> Record:
         try:
             return decode_record(body)
@@ -276,13 +356,16 @@ class EventLog:
         records: list[Record] = []
         offsets: list[int] = []
         buf = bytearray()
-        seq = self._last_seq
+        start = self._position
+        seq = start.seq
+        crc = 0
         for event, origin in batch:
             seq += 1
             record = Record(seq=seq, time=now, v=SCHEMA_VERSION, origin=origin, event=event)
             body = encode_record(record)
-            offsets.append(self._end + len(buf))
-            buf += b"%08x " % zlib.crc32(body)
+            offsets.append(start.offset + len(buf))
+            crc = zlib.crc32(body)
+            buf += b"%08x " % crc
             buf += body
             buf += b"\n"
             records.append(record)
@@ -299,15 +382,15 @@ class EventLog:
         for record, offset in zip(records, offsets, strict=True):
             if (record.seq - 1) % INDEX_EVERY == 0:
                 self._index.append(offset)
-        self._end += len(buf)
-        self._last_seq = seq
+        end = start.offset + len(buf)
+        self._position = LogPosition(seq=seq, offset=end, crc=crc, length=end - offsets[-1])
         return records
 
     def _rewind(self) -> None:
         """Cut a failed write back off. After a failed fsync the kernel may have dropped the
         dirty pages, so the only safe state is the last good length, made durable again."""
         try:
-            os.ftruncate(self._fd, self._end)
+            os.ftruncate(self._fd, self._position.offset)
             os.fsync(self._fd)
         except OSError as exc:
             self._broken = str(exc)
@@ -333,17 +416,55 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _scan(path: Path) -> tuple[int, int, list[int], TornTail | None]:
-    """Check every line's checksum and seq: (last_seq, good length, seek index, torn tail)."""
-    offset = last_seq = 0
+def _check_position(fd: int, path: Path, position: LogPosition) -> None:
+    """`PositionMismatchError` unless the file holds, ending at `position.offset`, a whole
+    line with `position`'s checksum, length and seq. Costs one small read. (A slice that
+    starts mid-line cannot pass: JSON escapes every quote a record's strings contain, so no
+    record holds `<crc> {"seq":` inside it.)"""
+    if position.seq == 0:
+        if position != START:
+            raise PositionMismatchError(f"{position} is not the start of a log")
+        return
+    begin = position.offset - position.length
+    if begin < 0 or position.length < 11:
+        raise PositionMismatchError(f"{position} cannot be a record's line")
+    line = os.pread(fd, position.length, begin)
+    if len(line) != position.length:
+        raise PositionMismatchError(f"{path} ends before byte {position.offset}")
+    body = _line_body(line)
+    if isinstance(body, str):
+        raise PositionMismatchError(f"the line before byte {position.offset}: {body}")
+    try:
+        seq = _seq_of(body)
+    except msgspec.DecodeError as exc:
+        raise PositionMismatchError(f"the line before byte {position.offset}: {exc}") from exc
+    if zlib.crc32(body) != position.crc or seq != position.seq:
+        raise PositionMismatchError(
+            f"the line before byte {position.offset} is seq {seq} with checksum "
+            f"{zlib.crc32(body):08x}, not seq {position.seq} with {position.crc:08x}"
+        )
+
+
+def _scan(
+    path: Path, start: LogPosition, stop: int | None = None
+) -> tuple[LogPosition, list[int], TornTail | None]:
+    """Check every line's checksum and seq from `start` (to `stop`, else to the end): the
+    position of the last good record, the seek index of the records after `start`, and the
+    torn tail."""
+    offset, last_seq = start.offset, start.seq
+    last_crc, last_len = start.crc, start.length
     index: list[int] = []
     bad: tuple[int, str] | None = None  # first damaged line, if nothing valid follows it
     crc32 = zlib.crc32
     with open(path, "rb") as file:
+        file.seek(offset)
         for line in file:
+            if stop is not None and offset >= stop:
+                break
             body = line[9:-1]
             try:
-                good = int(line[:8], 16) == crc32(body) and line[-1:] == b"\n"
+                crc = int(line[:8], 16)
+                good = crc == crc32(body) and line[-1:] == b"\n"
             except ValueError:
                 good = False
             if not good or line[8:9] != b" ":
@@ -362,12 +483,14 @@ def _scan(path: Path) -> tuple[int, int, list[int], TornTail | None]:
                 )
             if (seq - 1) % INDEX_EVERY == 0:
                 index.append(offset)
-            last_seq = seq
+            last_seq, last_crc, last_len = seq, crc, len(line)
             offset += len(line)
+    good_end = offset if bad is None else bad[0]
+    position = LogPosition(seq=last_seq, offset=good_end, crc=last_crc, length=last_len)
     if bad is None:
-        return last_seq, offset, index, None
+        return position, index, None
     torn = TornTail(offset=bad[0], dropped_bytes=offset - bad[0], reason=bad[1])
-    return last_seq, bad[0], index, torn
+    return position, index, torn
 
 
 @final

@@ -288,3 +288,16 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
     with trio.fail_after(5):
         while not predicate():
             await trio.sleep(0.001)
+
+
+async def test_recovery_of_many_containers_shares_fsyncs(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    kernel = FakeKernel()
+    async with running(config, kernel) as (sup, _):
+        for i in range(40):
+            await sup.create(spec(handle=f"c{i}"), ORIGIN)
+    async with running(config, kernel) as (sup, _):
+        assert all(sup.info(f"c{i}").state == "active" for i in range(40))
+        stats = sup.journal.stats()
+        assert stats.records == 40, "one ContainerRestored each"
+        assert stats.batches <= 4, "recovered side by side, their records group-committed"
