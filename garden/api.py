@@ -165,6 +165,112 @@ class ErrorBody(Wire, frozen=True):
     process_id: str = ""
 
 
+class Empty(Wire, frozen=True):
+    """`{}`: the answer of every route that has nothing to return."""
+
+
+class ContainerMetrics(Wire, frozen=True):
+    """`GET /containers/:h/metrics`: the kernel statistics of info, read at request time."""
+
+    memory_stat: dict[str, int] = {}
+    cpu_stat: dict[str, int] = {}
+    disk_stat: dict[str, int] = {}
+    bandwidth_stat: dict[str, int] = {}
+
+
+class BulkInfoEntry(Wire, frozen=True, omit_defaults=True):
+    """One handle's entry of `GET /containers/bulk_info`: its info, or the error naming it."""
+
+    info: ContainerInfo | None = None
+    error: ErrorBody | None = None
+
+
+# --- processes (API.md "Process spec", "Process stream") ---
+
+
+class TtySize(Wire, frozen=True, omit_defaults=True):
+    columns: int | None = None
+    rows: int | None = None
+
+
+class ProcessSpec(Wire, frozen=True, omit_defaults=True):
+    """`POST /containers/:h/processes`."""
+
+    path: str
+    args: list[str] = []
+    env: list[str] = []
+    dir: str | None = None
+    user: str | None = None
+    privileged: bool = False
+    rlimits: dict[str, int] = {}
+    tty: bool | TtySize = False
+    id: str | None = None
+
+
+class ProcessPayload(Wire, frozen=True, omit_defaults=True):
+    """One NDJSON line of a process stream: the id first, then output chunks (`source` and
+    `data`), last the `exit_status`."""
+
+    process_id: str
+    source: Literal["stdout", "stderr"] | None = None
+    data: str | None = None
+    exit_status: int | None = None
+
+
+class SignalRequest(Wire, frozen=True):
+    """`POST .../processes/:pid/signal`, and a terminal WebSocket text frame: a signal name
+    (`TERM`, `SIGTERM`) or number."""
+
+    signal: str | int
+
+
+class ResizeRequest(Wire, frozen=True):
+    """A terminal WebSocket text frame from the client."""
+
+    resize: TtySize
+
+
+class ExitStatus(Wire, frozen=True):
+    """A terminal WebSocket text frame from the server: the process has exited."""
+
+    exit_status: int
+
+
+# --- networking (API.md "Net out") ---
+
+
+class NetInRequest(Wire, frozen=True):
+    """`POST /containers/:h/net/in`; 0 means: chosen by the server."""
+
+    host_port: int = 0
+    container_port: int = 0
+
+
+NetInReply = PortMapping
+
+
+class NetOutRule(Wire, frozen=True, omit_defaults=True):
+    """`POST /containers/:h/net/out`: open a hole in `--deny-network` for this container."""
+
+    network: str | None = None
+    port: int | None = None
+    port_range: str | None = None
+    protocol: Literal["tcp", "udp", "icmp", "all"] | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    log: bool = False
+
+
+# --- limits: the kind in `/containers/:h/limits/<kind>` of each limit object ---
+
+LIMIT_KINDS: dict[str, type[Wire]] = {
+    "memory": MemoryLimits,
+    "cpu": CpuLimits,
+    "disk": DiskLimits,
+    "bandwidth": BandwidthLimits,
+}
+
+
 T = TypeVar("T")
 
 
