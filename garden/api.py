@@ -185,26 +185,7 @@ class BulkInfoEntry(Wire, frozen=True, omit_defaults=True):
     error: ErrorBody | None = None
 
 
-# --- processes (API.md "Process spec", "Process stream") ---
-
-
-class TtySize(Wire, frozen=True, omit_defaults=True):
-    columns: int | None = None
-    rows: int | None = None
-
-
-class ProcessSpec(Wire, frozen=True, omit_defaults=True):
-    """`POST /containers/:h/processes`."""
-
-    path: str
-    args: list[str] = []
-    env: list[str] = []
-    dir: str | None = None
-    user: str | None = None
-    privileged: bool = False
-    rlimits: dict[str, int] = {}
-    tty: bool | TtySize = False
-    id: str | None = None
+# --- processes (API.md "Process stream"; ProcessSpec, TtySize and SignalRequest are below) ---
 
 
 class ProcessPayload(Wire, frozen=True, omit_defaults=True):
@@ -215,13 +196,6 @@ class ProcessPayload(Wire, frozen=True, omit_defaults=True):
     source: Literal["stdout", "stderr"] | None = None
     data: str | None = None
     exit_status: int | None = None
-
-
-class SignalRequest(Wire, frozen=True):
-    """`POST .../processes/:pid/signal`, and a terminal WebSocket text frame: a signal name
-    (`TERM`, `SIGTERM`) or number."""
-
-    signal: str | int
 
 
 class ResizeRequest(Wire, frozen=True):

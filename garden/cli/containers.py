@@ -28,41 +28,62 @@ from garden.cli.render import (
 
 if TYPE_CHECKING:
     from garden.api import BindMount, ContainerInfo, ContainerMetrics
-    from garden.cli.base import Subparsers
 
 
-def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    def add(name: str, func: object, help: str, description: str = "") -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name,
-            parents=[common],
-            help=help,
-            description=description or help[:1].upper() + help[1:] + ".",
+def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Add the arguments of command `name` to its parser."""
+    if name == "ping":
+        p.set_defaults(func=ping)
+    elif name == "capacity":
+        p.set_defaults(func=capacity)
+    elif name == "list":
+        p.set_defaults(func=list_handles)
+        p.add_argument(
+            "-p",
+            "--property",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="only containers with this property (repeatable: all must match)",
         )
-        p.set_defaults(func=func)
-        return p
+    elif name == "create":
+        _create_arguments(p)
+    elif name == "info":
+        p.set_defaults(func=info)
+        p.add_argument("handles", nargs="+", metavar="HANDLE", help="several: one bulk_info")
+    elif name == "metrics":
+        p.set_defaults(func=metrics)
+        p.add_argument("handle", metavar="HANDLE")
+    elif name == "destroy":
+        p.set_defaults(func=destroy)
+        p.add_argument("handles", nargs="+", metavar="HANDLE")
+    elif name == "stop":
+        p.set_defaults(func=stop)
+        p.add_argument("handle", metavar="HANDLE")
+        p.add_argument("--kill", action="store_true", help="SIGKILL at once instead of TERM first")
+    elif name == "grace-time":
+        p.set_defaults(func=grace_time)
+        p.add_argument("handle", metavar="HANDLE")
+        p.add_argument("duration", metavar="DURATION", help="e.g. 300, 5m; 0 = never reaped")
+    elif name == "property":
+        _property_arguments(p, common)
+    elif name == "events":
+        p.set_defaults(func=events)
+        p.add_argument(
+            "--since", type=int, default=0, metavar="SEQ", help="after this sequence number"
+        )
+        p.add_argument("-f", "--follow", action="store_true", help="then wait for new events")
+    else:
+        raise AssertionError(name)
 
-    add("ping", ping, "check that the server answers")
-    add("capacity", capacity, "memory, disk and how many more containers fit")
 
-    p = add("list", list_handles, "list container handles, one a line")
-    p.add_argument(
-        "-p",
-        "--property",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="only containers with this property (repeatable: all must match)",
-    )
-
+def _create_arguments(p: argparse.ArgumentParser) -> None:
     from garden.cli.limits import add_limit_option
 
-    p = add(
-        "create",
-        create,
-        "create a container and print its handle",
-        "Create a container and print its handle (the one given, or one the server chose).",
+    p.description = (
+        "Create a container and print its handle (the one given, or one the server chose)."
     )
+    p.set_defaults(func=create)
     p.add_argument("--handle", help="default: the server makes one")
     p.add_argument("--rootfs", metavar="DIR", help="host directory: the read-only lower layer")
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
@@ -88,42 +109,22 @@ def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
     )
     add_limit_option(p)
 
-    p = add("info", info, "a container's state, addresses, processes, properties and stats")
-    p.add_argument("handles", nargs="+", metavar="HANDLE", help="several: one bulk_info request")
 
-    p = add("metrics", metrics, "a container's memory, cpu, disk and bandwidth statistics")
-    p.add_argument("handle", metavar="HANDLE")
-
-    p = add("destroy", destroy, "destroy containers (every process killed, everything released)")
-    p.add_argument("handles", nargs="+", metavar="HANDLE")
-
-    p = add("stop", stop, "stop every process of a container (the container stays)")
-    p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("--kill", action="store_true", help="SIGKILL at once instead of TERM first")
-
-    p = add("grace-time", grace_time, "set how long an untouched container lives")
-    p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("duration", metavar="DURATION", help="e.g. 300, 5m; 0 = never reaped")
-
-    p = add("property", None, "get, set or remove container properties")
-    psub = p.add_subparsers(dest="action", required=True, metavar="{get,set,rm}")
-    q = psub.add_parser("get", parents=[common], help="one property, or all of them")
+def _property_arguments(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="{get,set,rm}")
+    q = sub.add_parser("get", parents=[common], help="one property, or all of them")
     q.set_defaults(func=property_get)
     q.add_argument("handle", metavar="HANDLE")
     q.add_argument("key", nargs="?", metavar="KEY")
-    q = psub.add_parser("set", parents=[common], help="set a property")
+    q = sub.add_parser("set", parents=[common], help="set a property")
     q.set_defaults(func=property_set)
     q.add_argument("handle", metavar="HANDLE")
     q.add_argument("key", metavar="KEY")
     q.add_argument("value", metavar="VALUE")
-    q = psub.add_parser("rm", parents=[common], help="remove a property")
+    q = sub.add_parser("rm", parents=[common], help="remove a property")
     q.set_defaults(func=property_rm)
     q.add_argument("handle", metavar="HANDLE")
     q.add_argument("key", metavar="KEY")
-
-    p = add("events", events, "the server's event log (an audit trail of every change)")
-    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="from this sequence number")
-    p.add_argument("-f", "--follow", action="store_true", help="then wait for new events")
 
 
 def ping(args: argparse.Namespace) -> int:

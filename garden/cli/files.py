@@ -17,40 +17,39 @@ if TYPE_CHECKING:
     import tarfile
     from pathlib import Path
 
-    from garden.cli.base import Subparsers
 
 CHUNK = 1024 * 1024
 
 
-def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "stream-in",
-        parents=[common],
-        help="copy a file or directory into a container",
-        description="Copy FILE (default: stdin) to the container path given by --destination. "
-        "A directory's contents are sent as a tar and unpacked into the destination directory.",
-        usage="garden stream-in HANDLE --destination PATH [FILE|DIR|-]",
-    )
-    p.set_defaults(func=stream_in)
-    p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("source", nargs="?", default="-", metavar="FILE|DIR|-")
-    p.add_argument("--destination", "-d", required=True, metavar="PATH", help="in the container")
-    p.add_argument(
-        "--tar", action="store_true", help="the input is a tar archive: unpack it at PATH"
-    )
-
-    p = sub.add_parser(
-        "stream-out",
-        parents=[common],
-        help="copy a file or directory out of a container",
-        description="Copy the container path given by --source to DEST (default: stdout). A "
-        "directory arrives as a tar: on stdout as is, into DEST unpacked.",
-        usage="garden stream-out HANDLE --source PATH [DEST|-]",
-    )
-    p.set_defaults(func=stream_out)
-    p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("dest", nargs="?", default="-", metavar="DEST|-")
-    p.add_argument("--source", "-s", required=True, metavar="PATH", help="in the container")
+def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Add the arguments of command `name` to its parser."""
+    if name == "stream-in":
+        p.description = (
+            "Copy FILE (default: stdin) to the container path given by --destination. A "
+            "directory's contents are sent as a tar and unpacked into the destination directory."
+        )
+        p.usage = "garden stream-in HANDLE --destination PATH [FILE|DIR|-]"
+        p.set_defaults(func=stream_in)
+        p.add_argument("handle", metavar="HANDLE")
+        p.add_argument("source", nargs="?", default="-", metavar="FILE|DIR|-")
+        p.add_argument(
+            "--destination", "-d", required=True, metavar="PATH", help="in the container"
+        )
+        p.add_argument(
+            "--tar", action="store_true", help="the input is a tar archive: unpack it at PATH"
+        )
+    elif name == "stream-out":
+        p.description = (
+            "Copy the container path given by --source to DEST (default: stdout). A directory "
+            "arrives as a tar: on stdout as is, into DEST unpacked."
+        )
+        p.usage = "garden stream-out HANDLE --source PATH [DEST|-]"
+        p.set_defaults(func=stream_out)
+        p.add_argument("handle", metavar="HANDLE")
+        p.add_argument("dest", nargs="?", default="-", metavar="DEST|-")
+        p.add_argument("--source", "-s", required=True, metavar="PATH", help="in the container")
+    else:
+        raise AssertionError(name)
 
 
 def _read_fd(fd: int) -> Iterator[bytes]:

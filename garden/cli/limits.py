@@ -12,7 +12,6 @@ from garden.cli.render import kv_lines, print_json, print_lines
 
 if TYPE_CHECKING:
     from garden.api import Limits
-    from garden.cli.base import Subparsers
 
 # The field that `KIND=VALUE` sets.
 MAIN_FIELD = {
@@ -87,14 +86,13 @@ def parse_limits(items: Iterable[str]) -> Limits | None:
     return msgspec.convert(by_kind, Limits)
 
 
-def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "limit",
-        parents=[common],
-        help="show or change a container's limit",
-        description="Show a limit (no values) or change it (VALUE sets the main field: memory "
+def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Add the arguments of `garden limit` to its parser."""
+    assert name == "limit", name
+    p.description = (
+        "Show a limit (no values) or change it (VALUE sets the main field: memory "
         "limit_in_bytes, cpu limit_in_shares, disk byte_hard, bandwidth rate). Prints the limit "
-        "in force afterwards.",
+        "in force afterwards."
     )
     p.set_defaults(func=limit)
     p.add_argument("handle", metavar="HANDLE")

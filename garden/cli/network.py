@@ -4,43 +4,35 @@ to a network that `--deny-network` closes)."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from garden.cli.base import EXIT_OK, UsageError, make_client
 from garden.cli.render import kv_lines, print_json, print_lines
 
-if TYPE_CHECKING:
-    from garden.cli.base import Subparsers
 
-
-def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "net-in",
-        parents=[common],
-        help="forward a host port to a container port",
-        description="Forward a host port to a container port; 0 or absent: the server picks. "
-        "Prints the ports in force.",
-    )
-    p.set_defaults(func=net_in)
-    p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("--host-port", type=int, default=0, metavar="PORT")
-    p.add_argument("--container-port", type=int, default=0, metavar="PORT")
-
-    p = sub.add_parser(
-        "net-out",
-        parents=[common],
-        help="allow a container's traffic to a denied network",
-        description="Open a hole in --deny-network for this container.",
-    )
-    p.set_defaults(func=net_out)
-    p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("--network", metavar="CIDR|A-B", help="a.b.c.d/n or a.b.c.d-e.f.g.h")
-    p.add_argument("--port", type=int, metavar="PORT")
-    p.add_argument("--port-range", metavar="A:B")
-    p.add_argument("--protocol", choices=["tcp", "udp", "icmp", "all"])
-    p.add_argument("--icmp-type", type=int, metavar="N")
-    p.add_argument("--icmp-code", type=int, metavar="N")
-    p.add_argument("--log", action="store_true", help="log the packets that match")
+def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Add the arguments of command `name` to its parser."""
+    if name == "net-in":
+        p.description = (
+            "Forward a host port to a container port; 0 or absent: the server picks. Prints the "
+            "ports in force."
+        )
+        p.set_defaults(func=net_in)
+        p.add_argument("handle", metavar="HANDLE")
+        p.add_argument("--host-port", type=int, default=0, metavar="PORT")
+        p.add_argument("--container-port", type=int, default=0, metavar="PORT")
+    elif name == "net-out":
+        p.description = "Open a hole in the server's --deny-network for this container."
+        p.set_defaults(func=net_out)
+        p.add_argument("handle", metavar="HANDLE")
+        p.add_argument("--network", metavar="CIDR|A-B", help="a.b.c.d/n or a.b.c.d-e.f.g.h")
+        p.add_argument("--port", type=int, metavar="PORT")
+        p.add_argument("--port-range", metavar="A:B")
+        p.add_argument("--protocol", choices=["tcp", "udp", "icmp", "all"])
+        p.add_argument("--icmp-type", type=int, metavar="N")
+        p.add_argument("--icmp-code", type=int, metavar="N")
+        p.add_argument("--log", action="store_true", help="log the packets that match")
+    else:
+        raise AssertionError(name)
 
 
 def net_in(args: argparse.Namespace) -> int:

@@ -16,66 +16,62 @@ from garden.cli.render import print_json, write
 if TYPE_CHECKING:
     import threading
 
-    from garden.cli.base import Subparsers
     from garden.client import Client, ProcessStream
 
 
-def add_parsers(sub: Subparsers, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser(
-        "run",
-        parents=[common],
-        help="run a process in a container and follow it",
-        description="Run CMD in the container; its stdout and stderr go to this command's, and "
-        "this command exits with its exit status. Write the command after `--`.",
-        usage="garden run [options] HANDLE -- CMD [ARG...]",
-    )
-    p.set_defaults(func=run)
-    p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("argv", nargs="*", metavar="CMD", help=argparse.SUPPRESS)
-    p.add_argument("-i", "--interactive", action="store_true", help="pass stdin to the process")
-    p.add_argument(
-        "-t", "--tty", action="store_true", help="give the process a terminal (over a WebSocket)"
-    )
-    p.add_argument(
-        "-d", "--detach", action="store_true", help="print the process id and return at once"
-    )
-    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("-w", "--dir", metavar="DIR", help="working directory (default: home)")
-    p.add_argument(
-        "-u",
-        "--user",
-        metavar="USER",
-        help="name or uid:gid (default: root if privileged, else vcap)",
-    )
-    p.add_argument("--privileged", action="store_true")
-    p.add_argument(
-        "--rlimit",
-        action="append",
-        default=[],
-        metavar="NAME=N",
-        help="setrlimit without RLIMIT_, e.g. nofile=1024 (repeatable)",
-    )
-    p.add_argument("--id", dest="process_id", metavar="ID", help="default: the server makes one")
-
-    p = sub.add_parser(
-        "attach",
-        parents=[common],
-        help="follow a running (or finished) process",
-        description="Print what the process has written since it started, then follow it, and "
-        "exit with its exit status.",
-    )
-    p.set_defaults(func=attach)
-    p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("process_id", metavar="PROCESS_ID")
-    p.add_argument("-i", "--interactive", action="store_true", help="pass stdin to the process")
-
-    p = sub.add_parser("signal", parents=[common], help="send a signal to a process")
-    p.set_defaults(func=signal)
-    p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("process_id", metavar="PROCESS_ID")
-    p.add_argument(
-        "signal", nargs="?", default="TERM", metavar="SIGNAL", help="name or number (TERM)"
-    )
+def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Add the arguments of command `name` to its parser."""
+    if name == "run":
+        p.description = (
+            "Run CMD in the container; its stdout and stderr go to this command's, and this "
+            "command exits with its exit status. Write the command after `--`."
+        )
+        p.usage = "garden run [options] HANDLE -- CMD [ARG...]"
+        p.set_defaults(func=run)
+        p.add_argument("handle", metavar="HANDLE")
+        p.add_argument("argv", nargs="*", metavar="CMD", help=argparse.SUPPRESS)
+        p.add_argument("-i", "--interactive", action="store_true", help="pass stdin to the process")
+        p.add_argument(
+            "-t", "--tty", action="store_true", help="give the process a terminal (a WebSocket)"
+        )
+        p.add_argument(
+            "-d", "--detach", action="store_true", help="print the process id and return at once"
+        )
+        p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("-w", "--dir", metavar="DIR", help="working directory (default: home)")
+        p.add_argument(
+            "-u",
+            "--user",
+            metavar="USER",
+            help="name or uid:gid (default: root if privileged, else vcap)",
+        )
+        p.add_argument("--privileged", action="store_true")
+        p.add_argument(
+            "--rlimit",
+            action="append",
+            default=[],
+            metavar="NAME=N",
+            help="setrlimit without RLIMIT_, e.g. nofile=1024 (repeatable)",
+        )
+        p.add_argument("--id", dest="process_id", metavar="ID", help="default: the server's")
+    elif name == "attach":
+        p.description = (
+            "Print what the process has written since it started, then follow it, and exit "
+            "with its exit status."
+        )
+        p.set_defaults(func=attach)
+        p.add_argument("handle", metavar="HANDLE")
+        p.add_argument("process_id", metavar="PROCESS_ID")
+        p.add_argument("-i", "--interactive", action="store_true", help="pass stdin to the process")
+    elif name == "signal":
+        p.set_defaults(func=signal)
+        p.add_argument("handle", metavar="HANDLE")
+        p.add_argument("process_id", metavar="PROCESS_ID")
+        p.add_argument(
+            "signal", nargs="?", default="TERM", metavar="SIGNAL", help="name or number (TERM)"
+        )
+    else:
+        raise AssertionError(name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         rlimits=rlimits,
         tty=tty,
         id=args.process_id,
+        stdin=args.interactive or args.tty,
     )
     client = make_client(args)
     # base64 gives the exact bytes the process wrote; --json shows the stream as the API sends it.

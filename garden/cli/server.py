@@ -7,23 +7,22 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from garden.cli.base import Subparsers
     from garden.config import ServerConfig
 
 
-def add_parser(sub: Subparsers) -> None:
+def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Add the flags of `garden server` to its parser (the client options do not apply)."""
     from garden.config import DEFAULT_ROOTFS, DEFAULT_STATE_DIR, ServerConfig
 
-    p = sub.add_parser(
-        "server",
-        help="run the Garden API server",
-        description="Run the Garden API server (as root). docs/operations.md explains each flag.",
-    )
+    assert name == "server", name
+    p.description = "Run the Garden API server (as root). docs/operations.md explains each flag."
     p.set_defaults(func=run)
     d = ServerConfig()
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="all persistent state")
     p.add_argument("--bind-ip", default=d.bind_ip)
-    p.add_argument("--bind-port", type=int, default=d.bind_port, help="0: no TCP listener")
+    p.add_argument(
+        "--bind-port", type=int, default=d.bind_port, help="0 with --bind-socket: no TCP"
+    )
     p.add_argument("--bind-socket", default=None, metavar="PATH", help="also listen here (0660)")
     p.add_argument("--network-pool", default=d.network_pool, metavar="CIDR")
     p.add_argument("--port-pool-start", type=int, default=d.port_pool_start, metavar="N")

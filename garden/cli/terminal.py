@@ -7,6 +7,7 @@ import os
 import select
 import shutil
 import signal
+import sys
 import threading
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,12 @@ def terminal_size(fd: int = 1) -> tuple[int, int]:
 def run_session(term: Terminal, *, interactive: bool, in_fd: int = 0, out_fd: int = 1) -> int:
     """Pump `in_fd` (when interactive) to the terminal and its output to `out_fd` until the
     process exits; its exit status."""
-    from garden.client.terminal import TerminalClosed, TerminalExited, TerminalOutput
+    from garden.client.terminal import (
+        TerminalClosed,
+        TerminalExited,
+        TerminalNotice,
+        TerminalOutput,
+    )
 
     raw = interactive and os.isatty(in_fd)
     saved = None
@@ -65,7 +71,12 @@ def run_session(term: Terminal, *, interactive: bool, in_fd: int = 0, out_fd: in
                         write(event.data, out_fd)
                     elif isinstance(event, TerminalExited):
                         return event.exit_status
+                    elif isinstance(event, TerminalNotice):
+                        error = event.error
+                        print(f"garden: terminal: {error.kind}: {error.message}", file=sys.stderr)
                     elif isinstance(event, TerminalClosed):
+                        if term.last_error is not None:
+                            raise term.last_error
                         raise UnexpectedResponseError(
                             f"the terminal closed without an exit status ({event.code} "
                             f"{event.reason})".rstrip()

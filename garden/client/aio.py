@@ -48,7 +48,7 @@ from garden.client.streams import Collected, Output, ProcessResult, StreamState
 from garden.client.sync import USER_AGENT
 from garden.client.target import Target, token_from_env
 from garden.client.terminal import TerminalEvent, TerminalProtocol
-from garden.errors import ServerUnreachableError, UnexpectedResponseError
+from garden.errors import GardenError, ServerUnreachableError, UnexpectedResponseError
 from garden.events.schema import Record
 
 T = TypeVar("T")
@@ -498,6 +498,10 @@ class AsyncTerminal:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 if not self._proto.closed:
                     raise ServerUnreachableError(f"terminal connection broke: {exc}") from exc
+
+    @property
+    def last_error(self) -> GardenError | None:
+        return self._proto.last_error
 
     async def receive(self) -> list[TerminalEvent]:
         if self._early:

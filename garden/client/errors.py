@@ -17,9 +17,9 @@ _error_decoder = msgspec.json.Decoder(ErrorBody)
 
 def _classes() -> dict[str, type[e.GardenError]]:
     """Every `GardenError` subclass by its wire `type`; a class that only inherits its
-    parent's `kind` (the `KernelError`s) does not claim it."""
+    parent's `kind` (the `KernelError`s) does not claim it, nor does the base class."""
     out: dict[str, type[e.GardenError]] = {}
-    todo: list[type[e.GardenError]] = [e.GardenError]
+    todo: list[type[e.GardenError]] = list(e.GardenError.__subclasses__())
     while todo:
         cls = todo.pop()
         todo.extend(cls.__subclasses__())

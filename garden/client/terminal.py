@@ -24,14 +24,21 @@ from wsproto.events import (
     TextMessage,
 )
 
-from garden.api import ExitStatus, ResizeRequest, SignalRequest, TtySize
+from garden.api import ErrorBody, ResizeRequest, SignalRequest, TtySize
 from garden.client import http11
-from garden.client.errors import from_response
+from garden.client.errors import from_body, from_response
 from garden.client.target import Target
-from garden.errors import ServerUnreachableError, UnexpectedResponseError
+from garden.errors import GardenError, ServerUnreachableError, UnexpectedResponseError
 
 _encoder = msgspec.json.Encoder()
-_exit = msgspec.json.Decoder(ExitStatus)
+
+
+class _ServerMessage(msgspec.Struct, frozen=True):
+    exit_status: int | None = None
+    error: ErrorBody | str | None = None
+
+
+_message = msgspec.json.Decoder(_ServerMessage)
 
 
 class TerminalOutput(msgspec.Struct, frozen=True):
@@ -42,6 +49,13 @@ class TerminalExited(msgspec.Struct, frozen=True):
     exit_status: int
 
 
+class TerminalNotice(msgspec.Struct, frozen=True):
+    """An `{"error": ...}` text frame: a control message was refused, or (followed by a close)
+    the terminal could not be opened. `error` is the exception it stands for."""
+
+    error: GardenError
+
+
 class TerminalClosed(msgspec.Struct, frozen=True):
     """The WebSocket closed (1006 when the connection dropped without a close frame)."""
 
@@ -49,7 +63,7 @@ class TerminalClosed(msgspec.Struct, frozen=True):
     reason: str = ""
 
 
-TerminalEvent = TerminalOutput | TerminalExited | TerminalClosed
+TerminalEvent = TerminalOutput | TerminalExited | TerminalNotice | TerminalClosed
 
 
 @final
@@ -67,6 +81,7 @@ class TerminalProtocol:
         self._reject_body = bytearray()
         self.accepted = False
         self.closed = False
+        self.last_error: GardenError | None = None
 
     def open(self) -> bytes:
         return self._ws.send(
@@ -96,7 +111,8 @@ class TerminalProtocol:
             elif isinstance(ev, TextMessage):
                 self._text.append(ev.data)
                 if ev.message_finished:
-                    events.append(self._decode_text("".join(self._text)))
+                    if (decoded := self._decode_text("".join(self._text))) is not None:
+                        events.append(decoded)
                     self._text.clear()
             elif isinstance(ev, Ping):
                 self._outgoing += self._ws.send(ev.response())
@@ -110,12 +126,21 @@ class TerminalProtocol:
             events.append(TerminalClosed(1006, "connection lost"))
         return events
 
-    @staticmethod
-    def _decode_text(text: str) -> TerminalEvent:
+    def _decode_text(self, text: str) -> TerminalEvent | None:
         try:
-            return TerminalExited(_exit.decode(text).exit_status)
+            message = _message.decode(text)
         except msgspec.DecodeError:
             raise UnexpectedResponseError(f"unexpected terminal message: {text[:200]}") from None
+        if message.exit_status is not None:
+            return TerminalExited(message.exit_status)
+        if isinstance(message.error, ErrorBody):
+            error = from_body(message.error)
+        elif message.error is not None:
+            error = UnexpectedResponseError(str(message.error))
+        else:
+            return None  # a message of a newer server: nothing this client knows to do
+        self.last_error = error
+        return TerminalNotice(error)
 
     def check_open(self) -> None:
         if self.closed:
@@ -189,6 +214,11 @@ class Terminal:
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+    @property
+    def last_error(self) -> GardenError | None:
+        """The error of the last `{"error": ...}` frame (e.g. why the server closed)."""
+        return self._proto.last_error
 
     @property
     def closed(self) -> bool:

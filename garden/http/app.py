@@ -17,7 +17,14 @@ from werkzeug.exceptions import HTTPException
 
 from garden import errors as e
 from garden.actors.supervisor import Supervisor
-from garden.http import routes, routes_events, routes_net, routes_processes, routes_terminal
+from garden.http import (
+    routes,
+    routes_events,
+    routes_net,
+    routes_openapi,
+    routes_processes,
+    routes_terminal,
+)
 from garden.http.respond import error_response, json_response
 
 log = logging.getLogger("garden.http")
@@ -102,6 +109,7 @@ def create_app(supervisor: Supervisor) -> QuartTrio:
     routes_terminal.register(app, supervisor)
     routes_events.register(app, supervisor)
     routes_net.register(app, supervisor)
+    routes_openapi.register(app, supervisor)
     return app
 
 
