@@ -104,7 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     head, tail = split_command(args_list)
     name = command_name(head)
     parser = build_parser(name if name in COMMANDS else None)
-    args = parser.parse_args(head)
+    args, extra = parser.parse_known_args(head)
+    # argparse gives an optional positional its default as soon as an option follows the
+    # positionals before it (`stream-in H --destination P FILE`): a command names such a
+    # positional `late_positional`, and a single word left over fills it.
+    late = getattr(args, "late_positional", None)
+    if late and len(extra) == 1 and not extra[0].startswith("-") and not args.late_given:
+        setattr(args, late, extra.pop())
+    if extra:
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if tail:
         if isinstance(getattr(args, "argv", None), list):
             args.argv += tail  # garden run HANDLE -- CMD ARGS...
@@ -132,3 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return base.EXIT_BROKEN_PIPE
+    except OSError as exc:
+        # A local file or terminal failed (the server's failures are GardenErrors).
+        print(f"garden: {exc}", file=sys.stderr)
+        return base.EXIT_ERROR

@@ -31,7 +31,8 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
         p.usage = "garden stream-in HANDLE --destination PATH [FILE|DIR|-]"
         p.set_defaults(func=stream_in)
         p.add_argument("handle", metavar="HANDLE")
-        p.add_argument("source", nargs="?", default="-", metavar="FILE|DIR|-")
+        p.add_argument("source", nargs="?", metavar="FILE|DIR|-", action=_Given)
+        p.set_defaults(late_positional="source", late_given=False)
         p.add_argument(
             "--destination", "-d", required=True, metavar="PATH", help="in the container"
         )
@@ -46,10 +47,26 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
         p.usage = "garden stream-out HANDLE --source PATH [DEST|-]"
         p.set_defaults(func=stream_out)
         p.add_argument("handle", metavar="HANDLE")
-        p.add_argument("dest", nargs="?", default="-", metavar="DEST|-")
+        p.add_argument("dest", nargs="?", metavar="DEST|-", action=_Given)
+        p.set_defaults(late_positional="dest", late_given=False)
         p.add_argument("--source", "-s", required=True, metavar="PATH", help="in the container")
     else:
         raise AssertionError(name)
+
+
+class _Given(argparse.Action):
+    """Stores an optional positional and notes that it was given (see `late_positional`)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        if values is not None:
+            setattr(namespace, self.dest, values)
+            namespace.late_given = True
 
 
 def _read_fd(fd: int) -> Iterator[bytes]:
@@ -64,7 +81,7 @@ def _read_file(f: IO[bytes]) -> Iterator[bytes]:
 
 def stream_in(args: argparse.Namespace) -> int:
     client = make_client(args)
-    if args.source == "-":
+    if args.source in (None, "-"):
         client.stream_in(args.handle, args.destination, _read_fd(0), tar=args.tar)
     elif os.path.isdir(args.source):
         from pathlib import Path
@@ -124,7 +141,7 @@ def stream_out(args: argparse.Namespace) -> int:
 
     client = make_client(args)
     with client.stream_out(args.handle, args.source) as download:
-        if args.dest == "-":
+        if args.dest in (None, "-"):
             sys.stdout.flush()
             for chunk in download:
                 write(chunk)
@@ -165,6 +182,8 @@ def extract(chunks: Iterable[bytes], dest: Path) -> None:
     `dest`, links out of it and device files are refused (tarfile's `data` filter)."""
     import tarfile
 
+    from garden.errors import UnexpectedResponseError
+
     dest.mkdir(parents=True, exist_ok=True)
     reader = cast(IO[bytes], _ChunkReader(iter(chunks)))
     with tarfile.open(fileobj=reader, mode="r|") as tar:
@@ -172,7 +191,9 @@ def extract(chunks: Iterable[bytes], dest: Path) -> None:
             try:
                 tar.extract(member, dest, filter=_safe_filter)
             except tarfile.FilterError as exc:
-                raise UsageError(f"refusing {member.name!r} from the container: {exc}") from exc
+                raise UnexpectedResponseError(
+                    f"refusing {member.name!r} from the container: {exc}"
+                ) from exc
 
 
 def _safe_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:

@@ -25,7 +25,7 @@ from garden.api import (
 )
 from garden.client import AsyncClient, Client
 from tests.unit.client.both import open_client
-from tests.unit.client.conftest import Fake
+from tests.unit.servers import Fake
 
 KINDS = ["sync", "async"]
 
@@ -161,6 +161,9 @@ async def test_stdin_streams_chunks_as_they_come(fake: Fake) -> None:
     async with AsyncClient(fake.url) as ac:
         await ac.stdin("c", "p2", b"whole")
     seen = [s for s in fake.app.seen if s.path.endswith("/stdin")]
-    assert [s.path for s in seen] == ["/containers/c/processes/p1/stdin", "/containers/c/processes/p2/stdin"]
+    assert [s.path for s in seen] == [
+        "/containers/c/processes/p1/stdin",
+        "/containers/c/processes/p2/stdin",
+    ]
     assert fake.app.containers["c"].stdin == {"p1": b"first second", "p2": b"whole"}
     assert seen[0].headers.get("transfer-encoding") == "chunked"

@@ -12,7 +12,7 @@ from garden.client import AsyncClient, Client
 from garden.client.terminal import TerminalClosed, TerminalExited, TerminalNotice, TerminalOutput
 from garden.events.schema import ContainerCreated
 from tests.unit.client.both import open_client
-from tests.unit.client.conftest import Real
+from tests.unit.servers import Real
 
 KINDS = ["sync", "async"]
 
@@ -133,7 +133,9 @@ async def test_events_sync_and_async(real: Real) -> None:
         await c.create(ContainerSpec(handle="audited"))
         records = [r async for r in await c.events()]
         raw = [line async for line in (await c.events()).lines()]
-    assert any(isinstance(r.event, ContainerCreated) and r.event.handle == "audited" for r in records)
+    assert any(
+        isinstance(r.event, ContainerCreated) and r.event.handle == "audited" for r in records
+    )
     assert len(raw) == len(records)
     seqs = [r.seq for r in records]
     assert seqs == sorted(seqs)

@@ -124,7 +124,9 @@ def test_a_streamed_body_is_never_sent_twice() -> None:
 def test_an_early_error_answer_during_an_upload_is_read() -> None:
     def refuse(conn: socket.socket) -> None:
         conn.recv(1024)
-        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\nConnection: close\r\n\r\ngone")
+        conn.sendall(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\nConnection: close\r\n\r\ngone"
+        )
         conn.shutdown(socket.SHUT_RDWR)
 
     def forever() -> Iterator[bytes]:
