@@ -4,7 +4,6 @@ sizes and durations, and the exit codes scripts rely on (docs/cli.md)."""
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -77,25 +76,29 @@ def parse_pairs(items: Iterable[str], what: str) -> dict[str, str]:
     return out
 
 
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)", re.IGNORECASE)
+_SIZE = r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)"
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
 
 
 def parse_size(text: str) -> int:
     """`1024`, `64M`, `1.5GiB`, `512k`: bytes (suffixes are powers of 1024, as in Docker)."""
-    m = _SIZE.fullmatch(text.strip())
+    import re
+
+    m = re.fullmatch(_SIZE, text.strip(), re.IGNORECASE)
     if not m:
         raise UsageError(f"not a size: {text!r} (examples: 1048576, 512K, 64M, 1G)")
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_DURATION = r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?"
 _SECONDS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_seconds(text: str) -> float:
     """`30`, `1.5`, `30s`, `5m`, `2h`: seconds."""
-    m = _DURATION.fullmatch(text.strip())
+    import re
+
+    m = re.fullmatch(_DURATION, text.strip())
     if not m:
         raise UsageError(f"not a duration: {text!r} (examples: 30, 30s, 5m, 2h)")
     return float(m.group(1)) * _SECONDS[m.group(2)]

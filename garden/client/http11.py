@@ -2,7 +2,7 @@
 
 Why not http.client or httpx: importing http.client costs ~30 ms here (it pulls in ssl and
 email) and httpx ~130 ms, against a budget of 150 ms for a whole `garden run H -- echo hi`
-(docs/adr/0002-client-transport.md). This module imports only `socket`; `ssl` is imported when
+(docs/adr/client-transport.md). This module imports only `socket`; `ssl` is imported when
 a target is https.
 
 It speaks what the Garden server and a TLS proxy in front of it answer: Content-Length,

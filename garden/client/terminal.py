@@ -23,6 +23,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.utilities import ProtocolError
 
 from garden.api import ErrorBody, ResizeRequest, SignalRequest, TtySize
 from garden.client import http11
@@ -93,7 +94,16 @@ class TerminalProtocol:
         A refused upgrade raises the error of its answer."""
         if self.closed:
             return []
-        self._ws.receive_data(data)
+        if data is None and not self.accepted:
+            self.closed = True
+            raise ServerUnreachableError("the connection closed before the WebSocket upgrade")
+        try:
+            self._ws.receive_data(data)
+            return self._events(data)
+        except ProtocolError as exc:
+            raise UnexpectedResponseError(f"terminal: WebSocket protocol error: {exc}") from exc
+
+    def _events(self, data: bytes | None) -> list[TerminalEvent]:
         events: list[TerminalEvent] = []
         for ev in self._ws.events():
             if isinstance(ev, AcceptConnection):
@@ -143,8 +153,10 @@ class TerminalProtocol:
         return TerminalNotice(error)
 
     def check_open(self) -> None:
-        if self.closed:
-            raise UnexpectedResponseError("the server closed the terminal connection")
+        """During the handshake: a connection closed before the upgrade is an error (one
+        closed right after it, e.g. a process that already exited, is not)."""
+        if self.closed and not self.accepted:
+            raise UnexpectedResponseError("the server closed the connection before the upgrade")
 
     def take_outgoing(self) -> bytes:
         """Frames the protocol owes the server (pongs, the close reply)."""

@@ -1,3 +1,0 @@
-"""The `real` and `fake` servers (tests/unit/servers.py)."""
-
-from tests.unit.servers import fake, real, real_unix  # noqa: F401
