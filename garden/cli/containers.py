@@ -68,7 +68,19 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
     elif name == "property":
         _property_arguments(p, common)
     elif name == "events":
+        p.description = (
+            "Print the server's event log (`--json`: its NDJSON records as they are). "
+            "`garden events repair` works offline on --state-dir: it copies the valid prefix "
+            "of a damaged log to events.log.repaired (the original is never changed)."
+        )
         p.set_defaults(func=events)
+        p.add_argument("action", nargs="?", choices=["repair"], help=argparse.SUPPRESS)
+        p.add_argument(
+            "--state-dir",
+            default="/var/lib/garden",
+            metavar="DIR",
+            help="for `repair`: the server's state dir",
+        )
         p.add_argument(
             "--since", type=int, default=0, metavar="SEQ", help="after this sequence number"
         )
@@ -343,6 +355,8 @@ def property_rm(args: argparse.Namespace) -> int:
 
 
 def events(args: argparse.Namespace) -> int:
+    if args.action == "repair":
+        return repair_log(args)
     with make_client(args).events(args.since, follow=args.follow) as stream:
         if args.json:
             for line in stream.lines():
@@ -357,4 +371,33 @@ def events(args: argparse.Namespace) -> int:
                 f"{record.seq:>8}  {when}  {type(event).__name__:<24}  {handle or '-':<20}  {who}"
             )
             sys.stdout.flush()
+    return EXIT_OK
+
+
+def repair_log(args: argparse.Namespace) -> int:
+    """Offline: copy the valid prefix of `<state-dir>/events.log` aside and say what was cut."""
+    from pathlib import Path
+
+    from garden.events.log import repair
+
+    path = Path(args.state_dir, "events.log")
+    if not path.is_file():
+        raise UsageError(f"no event log at {path}")
+    report = repair(path)
+    if args.json:
+        print_json(report)
+        return EXIT_OK
+    rows = [
+        ("source", report.source),
+        ("repaired", report.repaired),
+        ("kept", f"{report.kept_records} records up to seq {report.last_seq}"),
+        ("dropped", f"{report.dropped_bytes} bytes, {report.dropped_valid} valid records"),
+        ("damage", f"at byte {report.damage_offset}: {report.reason}" if report.reason else "none"),
+    ]
+    print_lines(kv_lines(rows))
+    if report.damage_offset is not None:
+        print(
+            f"Inspect it, then with the server stopped: mv {report.repaired} {report.source}",
+            file=sys.stderr,
+        )
     return EXIT_OK

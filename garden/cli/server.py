@@ -121,7 +121,9 @@ def run_server(config: ServerConfig) -> int:
         trio.run(serve, config)
     except LogCorruptError as exc:
         print(
-            f"garden: {exc}\nRun `garden events repair` to copy the valid prefix.", file=sys.stderr
+            f"garden: {exc}\nRun `garden events repair --state-dir {config.state_dir}` to copy "
+            "the valid prefix aside.",
+            file=sys.stderr,
         )
         return 3
     except RuntimeFailedError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from garden.api import BindMount, CpuLimits, DiskLimits, Limits, MemoryLimits, PidLimits
@@ -88,3 +90,14 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_no_server_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ping", "--target", "http://127.0.0.1:9"]) == 1
     assert "ServerUnreachableError" in capsys.readouterr().err
+
+
+def test_events_repair_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "events.log"
+    log.write_bytes(b"not a record\n")
+    assert main(["events", "repair", "--state-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "kept      0 records" in out and "malformed" in out
+    assert (tmp_path / "events.log.repaired").read_bytes() == b""
+    assert log.read_bytes() == b"not a record\n"
+    assert main(["events", "repair", "--state-dir", str(tmp_path / "none")]) == 2
