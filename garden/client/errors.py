@@ -58,6 +58,8 @@ def from_response(status: int, content: bytes) -> e.GardenError:
         body = _error_decoder.decode(content)
     except msgspec.DecodeError:
         snippet = content[:200].decode("utf-8", "replace").strip()
+        if status == 401:  # a proxy in front that checks the bearer token (docs/security.md)
+            return e.UnauthorizedError(f"HTTP 401: the token was refused: {snippet or '(empty)'}")
         return e.UnexpectedResponseError(
             f"HTTP {status} without a Garden error body: {snippet or '(empty)'}", status=status
         )

@@ -65,6 +65,8 @@ def test_unknown_types_and_bodies() -> None:
     html = from_response(502, b"<html>Bad Gateway</html>")
     assert isinstance(html, e.UnexpectedResponseError) and html.status == 502
     assert "Bad Gateway" in html.message
+    refused = from_response(401, b"<html>401 Authorization Required</html>")
+    assert isinstance(refused, e.UnauthorizedError) and "token was refused" in refused.message
     # A kernel error travels as InternalError: the client sees that class.
     assert type(from_body(ErrorBody(type="InternalError", message="x"))) is e.InternalError
 
