@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from garden.cli.base import (
     EXIT_ERROR,
     EXIT_OK,
+    Formatter,
     UsageError,
     make_client,
     parse_pairs,
@@ -124,16 +125,18 @@ def _create_arguments(p: argparse.ArgumentParser) -> None:
 
 def _property_arguments(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="{get,set,rm}")
-    q = sub.add_parser("get", parents=[common], help="one property, or all of them")
+    q = sub.add_parser(
+        "get", parents=[common], help="one property, or all of them", formatter_class=Formatter
+    )
     q.set_defaults(func=property_get)
     q.add_argument("handle", metavar="HANDLE")
     q.add_argument("key", nargs="?", metavar="KEY")
-    q = sub.add_parser("set", parents=[common], help="set a property")
+    q = sub.add_parser("set", parents=[common], help="set a property", formatter_class=Formatter)
     q.set_defaults(func=property_set)
     q.add_argument("handle", metavar="HANDLE")
     q.add_argument("key", metavar="KEY")
     q.add_argument("value", metavar="VALUE")
-    q = sub.add_parser("rm", parents=[common], help="remove a property")
+    q = sub.add_parser("rm", parents=[common], help="remove a property", formatter_class=Formatter)
     q.set_defaults(func=property_rm)
     q.add_argument("handle", metavar="HANDLE")
     q.add_argument("key", metavar="KEY")
