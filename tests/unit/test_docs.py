@@ -9,17 +9,16 @@ from pathlib import Path
 import pytest
 
 from garden.cli import COMMANDS, build_parser
-from garden.openapi import ROUTES
+from garden.openapi import ROUTES, Route
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.path}")
-def test_api_md_shows_every_path(route: object) -> None:
-    path = getattr(route, "path")
-    pattern = re.escape(path)
+def test_api_md_shows_every_path(route: Route) -> None:
+    pattern = re.escape(route.path)
     pattern = re.sub(r"\\{\w+\\}", r"[^/\\s?\"'`]+", pattern)
-    assert re.search(pattern + r"(?![\w/])", (DOCS / "api.md").read_text()), path
+    assert re.search(pattern + r"(?![\w/])", (DOCS / "api.md").read_text()), route.path
 
 
 def test_cli_md_shows_every_command() -> None:
