@@ -23,7 +23,7 @@ the `garden.errors` class of the answer's wire `type`; a failed connection is
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
-from typing import Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import httpx
 import msgspec
@@ -47,9 +47,11 @@ from garden.client.errors import from_response
 from garden.client.streams import Collected, Output, ProcessResult, StreamState
 from garden.client.sync import USER_AGENT
 from garden.client.target import Target, token_from_env
-from garden.client.terminal import TerminalEvent, TerminalProtocol
-from garden.errors import GardenError, ServerUnreachableError, UnexpectedResponseError
+from garden.errors import ServerUnreachableError, UnexpectedResponseError
 from garden.events.schema import Record
+
+if TYPE_CHECKING:
+    from garden.client.aio_terminal import AsyncTerminal
 
 T = TypeVar("T")
 L = TypeVar("L", bound=Wire)
@@ -291,6 +293,9 @@ class AsyncClient:
         await self._call(calls.signal(handle, process_id, signal))
 
     async def terminal(self, handle: str, process_id: str) -> AsyncTerminal:
+        """`GET .../processes/:pid/ws`: the process's terminal (`garden.client.aio_terminal`)."""
+        from garden.client.aio_terminal import AsyncTerminal
+
         headers = [("User-Agent", USER_AGENT)]
         if self._token:
             headers.append(("Authorization", f"Bearer {self._token}"))
@@ -435,107 +440,6 @@ class AsyncEventStream:
         await self._resp.aclose()
 
     async def __aenter__(self) -> AsyncEventStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-@final
-class AsyncTerminal:
-    """A process's terminal over trio: `send`, `resize`, `signal`, and `async for` events."""
-
-    def __init__(self, stream: trio.abc.Stream, proto: TerminalProtocol) -> None:
-        self._stream = stream
-        self._proto = proto
-        self._early: list[TerminalEvent] = []
-        self._send_lock = trio.Lock()
-
-    @classmethod
-    async def open(
-        cls, target: Target, path: str, headers: list[tuple[str, str]], timeout: float | None
-    ) -> AsyncTerminal:
-        with trio.fail_after(timeout if timeout is not None else float("inf")):
-            stream: trio.abc.Stream
-            try:
-                if target.socket_path:
-                    stream = await trio.open_unix_socket(target.socket_path)
-                else:
-                    stream = await trio.open_tcp_stream(target.host, target.port)
-                if target.scheme == "https":
-                    import ssl
-
-                    stream = trio.SSLStream(
-                        stream, ssl.create_default_context(), server_hostname=target.host
-                    )
-            except OSError as exc:
-                raise ServerUnreachableError(f"cannot connect to {target}: {exc}") from exc
-            self = cls(stream, TerminalProtocol(target.host_header, target.prefix + path, headers))
-            try:
-                await self._stream.send_all(self._proto.open())
-                while not self._proto.accepted:
-                    self._early += await self._read()
-                    self._proto.check_open()
-            except BaseException:
-                await trio.aclose_forcefully(stream)
-                raise
-        return self
-
-    async def _read(self) -> list[TerminalEvent]:
-        try:
-            data = await self._stream.receive_some(256 * 1024)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
-        events = self._proto.receive(bytes(data) if data else None)
-        if out := self._proto.take_outgoing():
-            await self._send(out)
-        return events
-
-    async def _send(self, data: bytes) -> None:
-        async with self._send_lock:
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                if not self._proto.closed:
-                    raise ServerUnreachableError(f"terminal connection broke: {exc}") from exc
-
-    @property
-    def last_error(self) -> GardenError | None:
-        return self._proto.last_error
-
-    async def receive(self) -> list[TerminalEvent]:
-        if self._early:
-            events, self._early = self._early, []
-            return events
-        if self._proto.closed:
-            return []
-        return await self._read()
-
-    async def __aiter__(self) -> AsyncIterator[TerminalEvent]:
-        while self._early or not self._proto.closed:
-            for event in await self.receive():
-                yield event
-
-    async def send(self, data: bytes) -> None:
-        if data:
-            await self._send(self._proto.input(data))
-
-    async def resize(self, columns: int, rows: int) -> None:
-        await self._send(self._proto.resize(columns, rows))
-
-    async def signal(self, signal: str | int) -> None:
-        await self._send(self._proto.signal(signal))
-
-    async def aclose(self) -> None:
-        try:
-            if out := self._proto.close():
-                with trio.move_on_after(1) as scope:
-                    scope.shield = True
-                    await self._send(out)
-        finally:
-            await trio.aclose_forcefully(self._stream)
-
-    async def __aenter__(self) -> AsyncTerminal:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -3,7 +3,7 @@ carry input and output, text frames carry `{"resize": ...}` and `{"signal": ...}
 client and `{"exit_status": n}` from the server.
 
 `TerminalProtocol` is the I/O-free part (wsproto underneath); `Terminal` drives it over a
-blocking socket for the sync client and the CLI, `garden.client.aio.AsyncTerminal` over trio.
+blocking socket for the sync client and the CLI, `aio_terminal.AsyncTerminal` over trio.
 """
 
 from __future__ import annotations
