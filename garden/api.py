@@ -210,29 +210,9 @@ class ExitStatus(Wire, frozen=True):
     exit_status: int
 
 
-# --- networking (API.md "Net out") ---
-
-
-class NetInRequest(Wire, frozen=True):
-    """`POST /containers/:h/net/in`; 0 means: chosen by the server."""
-
-    host_port: int = 0
-    container_port: int = 0
-
+# --- networking: NetInRequest and NetOutRule are above ---
 
 NetInReply = PortMapping
-
-
-class NetOutRule(Wire, frozen=True, omit_defaults=True):
-    """`POST /containers/:h/net/out`: open a hole in `--deny-network` for this container."""
-
-    network: str | None = None
-    port: int | None = None
-    port_range: str | None = None
-    protocol: Literal["tcp", "udp", "icmp", "all"] | None = None
-    icmp_type: int | None = None
-    icmp_code: int | None = None
-    log: bool = False
 
 
 # --- limits: the kind in `/containers/:h/limits/<kind>` of each limit object ---

@@ -54,8 +54,11 @@ def run_session(term: Terminal, *, interactive: bool, in_fd: int = 0, out_fd: in
     try:
         reading = interactive
         while True:
-            fds = [term.fileno(), winch_r] + ([in_fd] if reading else [])
-            ready, _, _ = select.select(fds, [], [])
+            if term.pending:  # events that came with the handshake
+                ready: list[int] = [term.fileno()]
+            else:
+                fds = [term.fileno(), winch_r] + ([in_fd] if reading else [])
+                ready, _, _ = select.select(fds, [], [])
             if winch_r in ready:
                 os.read(winch_r, 4096)
                 term.resize(*terminal_size(out_fd))

@@ -89,14 +89,16 @@ class AsyncTerminal:
                 yield event
 
     async def send(self, data: bytes) -> None:
-        if data:
-            await self._send(self._proto.input(data))
+        if out := self._proto.input(data) if data else b"":
+            await self._send(out)
 
     async def resize(self, columns: int, rows: int) -> None:
-        await self._send(self._proto.resize(columns, rows))
+        if out := self._proto.resize(columns, rows):
+            await self._send(out)
 
     async def signal(self, signal: str | int) -> None:
-        await self._send(self._proto.signal(signal))
+        if out := self._proto.signal(signal):
+            await self._send(out)
 
     async def aclose(self) -> None:
         try:

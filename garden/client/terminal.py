@@ -164,14 +164,22 @@ class TerminalProtocol:
         self._outgoing.clear()
         return out
 
+    # Frames for a terminal that has closed are dropped: the process is gone.
+
     def input(self, data: bytes) -> bytes:
+        if self.closed:
+            return b""
         return self._ws.send(BytesMessage(data=data))
 
     def resize(self, columns: int, rows: int) -> bytes:
+        if self.closed:
+            return b""
         msg = ResizeRequest(resize=TtySize(columns=columns, rows=rows))
         return self._ws.send(TextMessage(data=_encoder.encode(msg).decode()))
 
     def signal(self, signal: str | int) -> bytes:
+        if self.closed:
+            return b""
         return self._ws.send(
             TextMessage(data=_encoder.encode(SignalRequest(signal=signal)).decode())
         )
@@ -236,6 +244,11 @@ class Terminal:
     def closed(self) -> bool:
         return self._proto.closed
 
+    @property
+    def pending(self) -> bool:
+        """Events already read (with the handshake) that `receive()` returns without waiting."""
+        return bool(self._early)
+
     def receive(self) -> list[TerminalEvent]:
         """Block until some bytes arrive; the events they complete (maybe none)."""
         if self._early:
@@ -250,14 +263,16 @@ class Terminal:
             yield from self.receive()
 
     def send(self, data: bytes) -> None:
-        if data:
-            self._send(self._proto.input(data))
+        if out := self._proto.input(data) if data else b"":
+            self._send(out)
 
     def resize(self, columns: int, rows: int) -> None:
-        self._send(self._proto.resize(columns, rows))
+        if out := self._proto.resize(columns, rows):
+            self._send(out)
 
     def signal(self, signal: str | int) -> None:
-        self._send(self._proto.signal(signal))
+        if out := self._proto.signal(signal):
+            self._send(out)
 
     def close(self) -> None:
         try:

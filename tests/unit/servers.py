@@ -21,7 +21,7 @@ from hypercorn.config import Config
 from garden.config import ServerConfig
 from garden.main import serve
 from tests.unit.client.fake_garden import FakeGarden
-from tests.unit.fakes import FakeKernel, FakeProcesses
+from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
 
 
 @final
@@ -50,7 +50,9 @@ async def start_real(tmp_path: Path, nursery: trio.Nursery, socket: str | None =
         handle_signals=False,
     )
     processes = FakeProcesses()
-    binds = await nursery.start(partial(serve, config, kernel=FakeKernel(), processes=processes))
+    binds = await nursery.start(
+        partial(serve, config, kernel=FakeKernel(), processes=processes, networker=FakeNetworker())
+    )
     return Real(binds[0], processes, config)
 
 

@@ -51,6 +51,7 @@ def test_everything_in_one_read() -> None:
     assert events == [TerminalOutput(b"$ "), TerminalExited(3), TerminalClosed(1000, "")]
     assert client.accepted and client.closed
     client.check_open()  # accepted, then closed: not a handshake failure
+    assert client.input(b"late") == client.resize(1, 1) == client.signal("INT") == b""
     server.receive_data(client.take_outgoing())
     assert isinstance(next(server.events()), CloseConnection)
 
