@@ -176,6 +176,66 @@ class ErrorBody(Wire, frozen=True):
     process_id: str = ""
 
 
+class Empty(Wire, frozen=True):
+    """`{}`: the answer of every route that has nothing to return."""
+
+
+class ContainerMetrics(Wire, frozen=True):
+    """`GET /containers/:h/metrics`: the kernel statistics of info, read at request time."""
+
+    memory_stat: dict[str, int] = {}
+    cpu_stat: dict[str, int] = {}
+    disk_stat: dict[str, int] = {}
+    bandwidth_stat: dict[str, int] = {}
+
+
+class BulkInfoEntry(Wire, frozen=True, omit_defaults=True):
+    """One handle's entry of `GET /containers/bulk_info`: its info, or the error naming it."""
+
+    info: ContainerInfo | None = None
+    error: ErrorBody | None = None
+
+
+# --- processes (API.md "Process stream"; ProcessSpec, TtySize and SignalRequest are below) ---
+
+
+class ProcessPayload(Wire, frozen=True, omit_defaults=True):
+    """One NDJSON line of a process stream: the id first, then output chunks (`source` and
+    `data`), last the `exit_status`."""
+
+    process_id: str
+    source: Literal["stdout", "stderr"] | None = None
+    data: str | None = None
+    exit_status: int | None = None
+
+
+class ResizeRequest(Wire, frozen=True):
+    """A terminal WebSocket text frame from the client."""
+
+    resize: TtySize
+
+
+class ExitStatus(Wire, frozen=True):
+    """A terminal WebSocket text frame from the server: the process has exited."""
+
+    exit_status: int
+
+
+# --- networking: NetInRequest and NetOutRule are above ---
+
+NetInReply = PortMapping
+
+
+# --- limits: the kind in `/containers/:h/limits/<kind>` of each limit object ---
+
+LIMIT_KINDS: dict[str, type[Wire]] = {
+    "memory": MemoryLimits,
+    "cpu": CpuLimits,
+    "disk": DiskLimits,
+    "bandwidth": BandwidthLimits,
+}
+
+
 T = TypeVar("T")
 
 

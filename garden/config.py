@@ -38,6 +38,7 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     default_rootfs: str = DEFAULT_ROOTFS
     runtime: Literal["auto", "runc", "crun"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
     # Prefix of every kernel resource this server makes (cgroup parent, later bridges, veths,
     # nft table). Tests give each server its own, so they never touch a running server's.
     tag: str = "garden"

@@ -135,6 +135,26 @@ class RuntimeFailedError(KernelError):
     """The OCI runtime binary (runc/crun) failed; the message carries its stderr."""
 
 
+# --- raised only by the client (garden.client): failures that have no wire `type` ---
+
+
+class ServerUnreachableError(GardenError):
+    """The client could not connect to the server, or the connection broke mid-request."""
+
+    kind = "ServerUnreachableError"
+
+
+class UnexpectedResponseError(GardenError):
+    """The server's answer is not what API.md says (not JSON, an unknown error type, a process
+    stream that ended without an exit status). `status` is the HTTP status (0 when none)."""
+
+    kind = "UnexpectedResponseError"
+
+    def __init__(self, message: str, *, status: int = 0, handle: str = "") -> None:
+        super().__init__(message, handle=handle)
+        self.status = status
+
+
 class LogCorruptError(Exception):
     """The event log is damaged before its last record; the server refuses to start."""
 

@@ -29,6 +29,10 @@ REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO_DIR
 readonly VENV_DIR="$REPO_DIR/.venv"
 readonly VENV_STAMP="$VENV_DIR/.garden-setup-stamp"
+# "compat": the editable install is a plain path in a .pth file. setuptools' default installs an
+# import hook that every Python start loads (~15 ms of CPU here), which every `garden` command
+# would pay (docs/adr/client-transport.md).
+readonly EDITABLE_MODE=compat
 readonly ROOTFS_DIR="${GARDEN_ROOTFS_DIR:-/usr/local/lib/garden/rootfs}"
 readonly MIN_PYTHON=(3 11)
 
@@ -137,7 +141,7 @@ setup_venv() {
 
   # Reinstall only when pyproject.toml (or the interpreter, or the repo's place) changed.
   local want have=
-  want="$(sha256sum <"$REPO_DIR/pyproject.toml" | cut -d' ' -f1) $(python_ok "$VENV_DIR/bin/python") $REPO_DIR"
+  want="$(sha256sum <"$REPO_DIR/pyproject.toml" | cut -d' ' -f1) $(python_ok "$VENV_DIR/bin/python") $REPO_DIR $EDITABLE_MODE"
   [[ -f $VENV_STAMP ]] && have=$(<"$VENV_STAMP")
   if [[ $want == "$have" && -x $VENV_DIR/bin/just ]]; then
     log "venv: up to date ($VENV_DIR)"
@@ -149,7 +153,8 @@ setup_venv() {
     log "venv: pip install -e '.[dev]'"
   fi
   rm -f "$VENV_STAMP"
-  (cd "$REPO_DIR" && "$VENV_DIR/bin/python" -m pip install -q -e '.[dev]' </dev/null >&2)
+  (cd "$REPO_DIR" && "$VENV_DIR/bin/python" -m pip install -q -e '.[dev]' \
+    --config-settings "editable_mode=$EDITABLE_MODE" </dev/null >&2)
   printf '%s\n' "$want" >"$VENV_STAMP"
 }
 

@@ -24,6 +24,7 @@ from garden.http import (
     routes_limits,
     routes_metrics,
     routes_net,
+    routes_openapi,
     routes_processes,
     routes_terminal,
 )
@@ -60,15 +61,17 @@ def create_app(supervisor: Supervisor) -> QuartTrio:
         response.headers["X-Request-Id"] = g.get("request_id", "")
         started = g.get("started")
         took = (time.perf_counter() - started) * 1000 if started else 0.0
-        rule = request.url_rule.rule if request.url_rule else "-"
+        fields = {
+            "method": request.method,
+            "route": request.url_rule.rule if request.url_rule else "-",
+            "path": request.path,
+            "status": response.status_code,
+            "ms": round(took, 1),
+            "handle": (request.view_args or {}).get("handle") or g.get("handle", "") or "-",
+            "request_id": g.get("request_id", ""),
+        }
         log.info(
-            "request method=%s route=%s path=%s status=%d ms=%.1f request_id=%s",
-            request.method,
-            rule,
-            request.path,
-            response.status_code,
-            took,
-            g.get("request_id", ""),
+            "request " + " ".join(f"{k}={v}" for k, v in fields.items()), extra={"fields": fields}
         )
         return response
 
@@ -112,6 +115,7 @@ def create_app(supervisor: Supervisor) -> QuartTrio:
     routes_limits.register(app, supervisor)
     routes_metrics.register(app, supervisor)
     routes_files.register(app, supervisor)
+    routes_openapi.register(app, supervisor)
     return app
 
 

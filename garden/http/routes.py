@@ -3,7 +3,7 @@ supervisor call and its answer into JSON."""
 
 from __future__ import annotations
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from garden.actors.supervisor import Supervisor
@@ -38,6 +38,7 @@ def register(app: QuartTrio, sup: Supervisor) -> None:
     async def create() -> Response:
         spec = await read_json(ContainerSpec)
         handle = await sup.create(spec, origin())
+        g.handle = handle  # for the request's log line
         return json_response(HandleReply(handle=handle))
 
     @app.get("/containers/<handle>/info")

@@ -1,23 +1,28 @@
-"""The `garden` command: `garden server` runs the server (client commands join later)."""
+"""`garden server`: its flags, turned into a validated `ServerConfig`, and running it."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import msgspec
+if TYPE_CHECKING:
+    from garden.config import ServerConfig
 
-from garden.config import DEFAULT_ROOTFS, DEFAULT_STATE_DIR, ConfigError, ServerConfig, validate
 
+def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Add the flags of `garden server` to its parser (the client options do not apply)."""
+    from garden.config import DEFAULT_ROOTFS, DEFAULT_STATE_DIR, ServerConfig
 
-def server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("server", help="run the Garden API server")
+    assert name == "server", name
+    p.description = "Run the Garden API server (as root). docs/operations.md explains each flag."
+    p.set_defaults(func=run)
     d = ServerConfig()
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="all persistent state")
     p.add_argument("--bind-ip", default=d.bind_ip)
-    p.add_argument("--bind-port", type=int, default=d.bind_port)
+    p.add_argument(
+        "--bind-port", type=int, default=d.bind_port, help="0 with --bind-socket: no TCP"
+    )
     p.add_argument("--bind-socket", default=None, metavar="PATH", help="also listen here (0660)")
     p.add_argument("--network-pool", default=d.network_pool, metavar="CIDR")
     p.add_argument("--port-pool-start", type=int, default=d.port_pool_start, metavar="N")
@@ -58,6 +63,12 @@ def server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--runtime", choices=["auto", "crun", "runc"], default=d.runtime)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=d.log_format,
+        help="text: key=value lines; json: one JSON object per line",
+    )
+    p.add_argument(
         "--tag",
         default=d.tag,
         help="prefix of the kernel resources this server makes (cgroups, links, rules)",
@@ -72,7 +83,12 @@ def server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    fields = {f for f in ServerConfig.__struct_fields__}
+    """The validated `ServerConfig` of the parsed flags (a ConfigError if one cannot work)."""
+    import msgspec
+
+    from garden.config import ConfigError, ServerConfig, validate
+
+    fields = set(ServerConfig.__struct_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["deny_networks"] = tuple(values.get("deny_networks", ()))
     values["dns_servers"] = tuple(values.get("dns_servers", ()))
@@ -83,36 +99,31 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return validate(config)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="garden", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    server_parser(sub)
-    args = parser.parse_args(argv)
-    if args.command == "server":
-        try:
-            config = config_from_args(args)
-        except ConfigError as exc:
-            parser.error(str(exc))
-        return run_server(config)
-    return 2
+def run(args: argparse.Namespace) -> int:
+    from garden.config import ConfigError
+
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        args.parser.error(str(exc))
+    return run_server(config)
 
 
 def run_server(config: ServerConfig) -> int:
     import trio
 
     from garden.errors import LogCorruptError, RuntimeFailedError
+    from garden.logs import configure
     from garden.main import serve
 
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure(config.log_level, config.log_format)
     try:
         trio.run(serve, config)
     except LogCorruptError as exc:
         print(
-            f"garden: {exc}\nRun `garden events repair` to copy the valid prefix.", file=sys.stderr
+            f"garden: {exc}\nRun `garden events repair --state-dir {config.state_dir}` to copy "
+            "the valid prefix aside.",
+            file=sys.stderr,
         )
         return 3
     except RuntimeFailedError as exc:
@@ -121,7 +132,3 @@ def run_server(config: ServerConfig) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
