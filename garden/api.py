@@ -180,15 +180,6 @@ class Empty(Wire, frozen=True):
     """`{}`: the answer of every route that has nothing to return."""
 
 
-class ContainerMetrics(Wire, frozen=True):
-    """`GET /containers/:h/metrics`: the kernel statistics of info, read at request time."""
-
-    memory_stat: dict[str, int] = {}
-    cpu_stat: dict[str, int] = {}
-    disk_stat: dict[str, int] = {}
-    bandwidth_stat: dict[str, int] = {}
-
-
 class BulkInfoEntry(Wire, frozen=True, omit_defaults=True):
     """One handle's entry of `GET /containers/bulk_info`: its info, or the error naming it."""
 
