@@ -30,7 +30,7 @@ from typing import Final, final
 
 import msgspec
 
-from garden import __version__, api, faults
+from garden import __version__, api, faults, limits
 from garden.events import schema, state
 from garden.events.log import EventLog, LogPosition, PositionMismatchError
 from garden.events.state import ContainerState, ServerState, evolve
@@ -41,7 +41,7 @@ log = logging.getLogger("garden.events.snapshot")
 SNAPSHOT_FORMAT: Final = 1
 SNAPSHOT_FILE: Final = "snapshot.json"
 # The modules whose code decides what state a sequence of records produces.
-_STATE_CODE: Final[tuple[ModuleType, ...]] = (state, schema, api, plan)
+_STATE_CODE: Final[tuple[ModuleType, ...]] = (state, schema, api, plan, limits)
 
 _containers_decoder: Final = msgspec.json.Decoder(dict[str, ContainerState])
 

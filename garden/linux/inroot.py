@@ -32,7 +32,11 @@ RESOLVE_NO_MAGICLINKS: Final = 0x02
 RESOLVE_NO_SYMLINKS: Final = 0x04
 RESOLVE_BENEATH: Final = 0x08
 RESOLVE_IN_ROOT: Final = 0x10
-_RETRIES: Final = 64  # openat2 answers EAGAIN when a rename or mount raced a `..` lookup
+# openat2 answers EAGAIN when any rename or mount on the machine raced a `..` lookup (symlinks
+# like busybox's `../bin/busybox` take that path); on a busy host that needs more than a few
+# tries, so after the first ones each retry yields the CPU first.
+_RETRIES: Final = 2000
+_RETRIES_WITHOUT_YIELD: Final = 16
 
 Root = int | str | os.PathLike[str]
 
@@ -76,7 +80,9 @@ def open_in_root(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
     if not _openat2_missing:
         how = _OpenHow(flags, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
         encoded = os.fsencode(rel)
-        for _ in range(_RETRIES):
+        for attempt in range(_RETRIES):
+            if attempt >= _RETRIES_WITHOUT_YIELD:
+                os.sched_yield()
             fd = _libc.syscall(
                 ctypes.c_long(_SYS_OPENAT2),
                 ctypes.c_long(root_fd),
