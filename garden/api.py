@@ -180,6 +180,13 @@ class Empty(Wire, frozen=True):
     """`{}`: the answer of every route that has nothing to return."""
 
 
+class BulkMetricsEntry(Wire, frozen=True, omit_defaults=True):
+    """One handle's entry of `GET /containers/bulk_metrics`: its metrics, or the error."""
+
+    metrics: ContainerMetrics | None = None
+    error: ErrorBody | None = None
+
+
 class BulkInfoEntry(Wire, frozen=True, omit_defaults=True):
     """One handle's entry of `GET /containers/bulk_info`: its info, or the error naming it."""
 
@@ -224,6 +231,7 @@ LIMIT_KINDS: dict[str, type[Wire]] = {
     "cpu": CpuLimits,
     "disk": DiskLimits,
     "bandwidth": BandwidthLimits,
+    "pids": PidLimits,
 }
 
 

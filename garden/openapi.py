@@ -16,6 +16,7 @@ from garden import __version__
 from garden.api import (
     BandwidthLimits,
     BulkInfoEntry,
+    BulkMetricsEntry,
     Capacity,
     ContainerInfo,
     ContainerMetrics,
@@ -31,6 +32,7 @@ from garden.api import (
     MemoryLimits,
     NetInRequest,
     NetOutRule,
+    PidLimits,
     PortMapping,
     ProcessPayload,
     ProcessSpec,
@@ -96,6 +98,7 @@ LIMITS: dict[str, tuple[type[msgspec.Struct], str]] = {
     "cpu": (CpuLimits, "512"),
     "disk": (DiskLimits, "1G"),
     "bandwidth": (BandwidthLimits, "rate=1M burst=64K"),
+    "pids": (PidLimits, "max=100"),
 }
 
 
@@ -174,6 +177,15 @@ ROUTES: tuple[Route, ...] = (
         "containers",
         "garden info H1 H2 ...",
         response=Body(JSON, dict[str, BulkInfoEntry]),
+        params=(Param("handles", "query", "comma-separated handles", True),),
+    ),
+    Route(
+        "GET",
+        "/containers/bulk_metrics",
+        "the metrics of several containers; an unknown handle gets an `error` entry",
+        "containers",
+        "garden metrics H1 H2 ...",
+        response=Body(JSON, dict[str, BulkMetricsEntry]),
         params=(Param("handles", "query", "comma-separated handles", True),),
     ),
     Route(

@@ -28,7 +28,7 @@ from garden.cli.render import (
 )
 
 if TYPE_CHECKING:
-    from garden.api import BindMount, ContainerInfo, ContainerMetrics
+    from garden.api import BindMount, ContainerInfo, ContainerMetrics, ErrorBody
 
 
 def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
         p.add_argument("handles", nargs="+", metavar="HANDLE", help="several: one bulk_info")
     elif name == "metrics":
         p.set_defaults(func=metrics)
-        p.add_argument("handle", metavar="HANDLE")
+        p.add_argument("handles", nargs="+", metavar="HANDLE", help="several: one bulk_metrics")
     elif name == "destroy":
         p.set_defaults(func=destroy)
         p.add_argument("handles", nargs="+", metavar="HANDLE")
@@ -249,10 +249,7 @@ def info(args: argparse.Namespace) -> int:
         if entry is not None and entry.info is not None:
             blocks.append("\n".join(info_lines(handle, entry.info)))
         else:
-            error = entry.error if entry is not None else None
-            message = f"{error.type}: {error.message}" if error else "missing from the answer"
-            print(f"garden: {handle}: {message}", file=sys.stderr)
-            status = EXIT_ERROR
+            status = _report_missing(handle, entry.error if entry is not None else None)
     print("\n\n".join(blocks))
     return status
 
@@ -278,18 +275,40 @@ def info_lines(handle: str, i: ContainerInfo) -> list[str]:
 def stat_rows(m: ContainerInfo | ContainerMetrics) -> list[tuple[str, str]]:
     return [
         (name, pairs(getattr(m, name)))
-        for name in ("memory_stat", "cpu_stat", "disk_stat", "bandwidth_stat")
+        for name in ("memory_stat", "cpu_stat", "disk_stat", "bandwidth_stat", "pids_stat")
         if getattr(m, name)
     ]
 
 
 def metrics(args: argparse.Namespace) -> int:
-    result = make_client(args).metrics(args.handle)
+    client = make_client(args)
+    if len(args.handles) == 1:
+        result = client.metrics(args.handles[0])
+        if args.json:
+            print_json(result)
+        else:
+            print_lines(kv_lines(stat_rows(result)))
+        return EXIT_OK
+    entries = client.bulk_metrics(args.handles)
     if args.json:
-        print_json(result)
-    else:
-        print_lines(kv_lines(stat_rows(result)))
-    return EXIT_OK
+        print_json(entries)
+        return EXIT_OK
+    status = EXIT_OK
+    blocks: list[str] = []
+    for handle in args.handles:
+        entry = entries.get(handle)
+        if entry is not None and entry.metrics is not None:
+            blocks.append("\n".join(kv_lines([("handle", handle), *stat_rows(entry.metrics)])))
+        else:
+            status = _report_missing(handle, entry.error if entry is not None else None)
+    print("\n\n".join(blocks))
+    return status
+
+
+def _report_missing(handle: str, error: ErrorBody | None) -> int:
+    message = f"{error.type}: {error.message}" if error else "missing from the answer"
+    print(f"garden: {handle}: {message}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def destroy(args: argparse.Namespace) -> int:

@@ -51,9 +51,9 @@ def _fields(kind_cls: type[object]) -> tuple[str, ...]:
 
 def limit_fields(kind: str, items: Iterable[str]) -> dict[str, int]:
     """`["64M"]` or `["limit_in_bytes=64M"]` for `kind` → `{"limit_in_bytes": 67108864}`."""
-    from garden.api import LIMIT_KINDS, PidLimits
+    from garden.api import LIMIT_KINDS
 
-    cls = LIMIT_KINDS.get(kind) or (PidLimits if kind == "pids" else None)
+    cls = LIMIT_KINDS.get(kind)
     if cls is None:
         raise UsageError(f"unknown limit kind {kind!r}; known: {', '.join(MAIN_FIELD)}")
     out: dict[str, int] = {}
@@ -90,13 +90,13 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
     """Add the arguments of `garden limit` to its parser."""
     assert name == "limit", name
     p.description = (
-        "Show a limit (no values) or change it (VALUE sets the main field: memory "
-        "limit_in_bytes, cpu limit_in_shares, disk byte_hard, bandwidth rate). Prints the limit "
-        "in force afterwards."
+        "Show a limit (no values) or change it; a bare VALUE sets the main field (memory "
+        "limit_in_bytes, cpu limit_in_shares, disk byte_hard, bandwidth rate, pids max). "
+        "Prints the limit in force afterwards."
     )
     p.set_defaults(func=limit)
     p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("kind", choices=["memory", "cpu", "disk", "bandwidth"])
+    p.add_argument("kind", choices=list(MAIN_FIELD))
     p.add_argument(
         "values", nargs="*", metavar="[FIELD=]VALUE", help="e.g. 64M, limit_in_bytes=64M"
     )
@@ -117,8 +117,7 @@ def limit(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     else:
-        rows = [
-            (f, str(getattr(result, f))) for f in _fields(cls) if getattr(result, f) is not None
-        ]
+        values = [(f, getattr(result, f)) for f in _fields(cls)]
+        rows = [(f, f"{v} (no limit)" if v == 0 else str(v)) for f, v in values if v is not None]
         print_lines(kv_lines(rows) or ["(no limit)"])
     return EXIT_OK

@@ -31,6 +31,7 @@ import trio
 
 from garden.api import (
     BulkInfoEntry,
+    BulkMetricsEntry,
     Capacity,
     ContainerInfo,
     ContainerMetrics,
@@ -200,6 +201,9 @@ class AsyncClient:
 
     async def bulk_info(self, handles: Iterable[str]) -> dict[str, BulkInfoEntry]:
         return await self._call(calls.bulk_info(handles))
+
+    async def bulk_metrics(self, handles: Iterable[str]) -> dict[str, BulkMetricsEntry]:
+        return await self._call(calls.bulk_metrics(handles))
 
     async def metrics(self, handle: str) -> ContainerMetrics:
         return await self._call(calls.metrics(handle))

@@ -14,6 +14,7 @@ import msgspec
 from garden.api import (
     LIMIT_KINDS,
     BulkInfoEntry,
+    BulkMetricsEntry,
     Capacity,
     ContainerInfo,
     ContainerMetrics,
@@ -128,6 +129,11 @@ def info(handle: str) -> Call[ContainerInfo]:
 def bulk_info(handles: Iterable[str]) -> Call[dict[str, BulkInfoEntry]]:
     query = query_string([("handles", ",".join(handles))])
     return Call("GET", f"/containers/bulk_info{query}", _json(dict[str, BulkInfoEntry]))
+
+
+def bulk_metrics(handles: Iterable[str]) -> Call[dict[str, BulkMetricsEntry]]:
+    query = query_string([("handles", ",".join(handles))])
+    return Call("GET", f"/containers/bulk_metrics{query}", _json(dict[str, BulkMetricsEntry]))
 
 
 def metrics(handle: str) -> Call[ContainerMetrics]:

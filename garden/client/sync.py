@@ -23,6 +23,7 @@ import msgspec
 from garden import __version__
 from garden.api import (
     BulkInfoEntry,
+    BulkMetricsEntry,
     Capacity,
     ContainerInfo,
     ContainerMetrics,
@@ -164,6 +165,9 @@ class Client:
 
     def bulk_info(self, handles: Iterable[str]) -> dict[str, BulkInfoEntry]:
         return self._call(calls.bulk_info(handles))
+
+    def bulk_metrics(self, handles: Iterable[str]) -> dict[str, BulkMetricsEntry]:
+        return self._call(calls.bulk_metrics(handles))
 
     def metrics(self, handle: str) -> ContainerMetrics:
         return self._call(calls.metrics(handle))

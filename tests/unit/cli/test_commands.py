@@ -63,6 +63,18 @@ async def test_container_commands(real: Real, capfd: pytest.CaptureFixture[str])
     assert await garden(real.url, "destroy", "web", made) == 0
     assert await garden(real.url, "destroy", "web") == 1
     assert capfd.readouterr().err == "garden: ContainerNotFoundError: unknown handle: web\n"
+    assert await garden(real.url, "create", "--handle", "lim", "--limit", "pids=50") == 0
+    capfd.readouterr()
+    assert await garden(real.url, "limit", "lim", "pids") == 0
+    assert capfd.readouterr().out == "max  50\n"
+    assert await garden(real.url, "limit", "lim", "memory", "64M") == 0
+    assert capfd.readouterr().out == "limit_in_bytes  67108864\n"
+    assert await garden(real.url, "metrics", "--json", "lim", "ghost") == 0
+    both = json.loads(capfd.readouterr().out)
+    assert "metrics" in both["lim"] and both["ghost"]["error"]["type"] == "ContainerNotFoundError"
+    assert await garden(real.url, "metrics", "lim", "ghost") == 1
+    assert "garden: ghost: ContainerNotFoundError" in capfd.readouterr().err
+    assert await garden(real.url, "destroy", "lim") == 0
     assert await garden(real.url, "capacity") == 0
     assert re.search(r"^max containers  [1-9]\d*$", capfd.readouterr().out, re.M)
 

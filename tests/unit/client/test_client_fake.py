@@ -19,9 +19,9 @@ from garden.api import (
     ContainerMetrics,
     CpuLimits,
     DiskLimits,
+    GraceTime,
     MemoryLimits,
     NetOutRule,
-    PidLimits,
     PortMapping,
 )
 from garden.client import AsyncClient, Client
@@ -45,7 +45,7 @@ async def test_limits_are_typed_both_ways(fake: Fake, kind: str) -> None:
         bw = await c.set_limit("c", BandwidthLimits(rate=1000, burst=100))
         assert (bw.rate, bw.burst) == (1000, 100)
         with pytest.raises(TypeError, match="not a limit type"):
-            await c.get_limit("c", PidLimits)
+            await c.get_limit("c", GraceTime)
     put = [s for s in fake.app.seen if s.method == "PUT"]
     assert [s.path for s in put] == [
         "/containers/c/limits/memory",

@@ -7,7 +7,16 @@ import pytest
 import trio
 
 from garden import errors as e
-from garden.api import ContainerInfo, ContainerSpec, ProcessSpec, TtySize
+from garden.api import (
+    ContainerInfo,
+    ContainerMetrics,
+    ContainerSpec,
+    MemoryLimits,
+    NetOutRule,
+    PidLimits,
+    ProcessSpec,
+    TtySize,
+)
 from garden.client import AsyncClient, Client
 from garden.client.terminal import TerminalClosed, TerminalExited, TerminalNotice, TerminalOutput
 from garden.events.schema import ContainerCreated
@@ -198,3 +207,26 @@ async def test_async_terminal_of_unknown_process(real: Real) -> None:
     assert isinstance(events[0].error, e.ProcessNotFoundError)
     assert isinstance(term.last_error, e.ProcessNotFoundError)
     assert events[-1] == TerminalClosed(1008, "")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_figures_limits_and_net_on_the_real_server(real: Real, kind: str) -> None:
+    async with open_client(kind, real.url) as c:
+        await c.create(ContainerSpec(handle="fig"))
+        metrics = await c.metrics("fig")
+        assert isinstance(metrics, ContainerMetrics)
+        bulk = await c.bulk_info(["fig", "ghost"])
+        assert bulk["fig"].info is not None and bulk["fig"].info.state == "active"
+        assert bulk["ghost"].error is not None
+        assert bulk["ghost"].error.type == "ContainerNotFoundError"
+        bulk_m = await c.bulk_metrics(["fig", "ghost"])
+        assert bulk_m["fig"].metrics is not None and bulk_m["ghost"].error is not None
+        assert "garden" in await c.server_metrics()
+        mem = await c.set_limit("fig", MemoryLimits(limit_in_bytes=64 << 20))
+        assert mem.limit_in_bytes == 64 << 20
+        assert await c.get_limit("fig", MemoryLimits) == mem
+        assert (await c.set_limit("fig", PidLimits(max=100))).max == 100
+        mapping = await c.net_in("fig", container_port=8080)
+        assert mapping.container_port == 8080 and mapping.host_port > 0
+        assert (await c.info("fig")).mapped_ports == [mapping]
+        await c.net_out("fig", NetOutRule(network="10.0.0.0/8", protocol="tcp", port=5432))
