@@ -26,8 +26,6 @@ from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
 NOT_YET_SERVED = {
     ("GET", "/containers/bulk_info"),
     ("GET", "/containers/{handle}/metrics"),
-    ("PUT", "/containers/{handle}/files"),
-    ("GET", "/containers/{handle}/files"),
     ("GET", "/metrics"),
     *(
         (method, f"/containers/{{handle}}/limits/{kind}")
