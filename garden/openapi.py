@@ -82,6 +82,12 @@ class Route(NamedTuple):
 HANDLE = Param("handle", "path", "the container's handle", True)
 PROCESS_ID = Param("process_id", "path", "the process id", True)
 KEY = Param("key", "path", "the property's name", True)
+FILE_USER = Param(
+    "user",
+    "query",
+    "the container's user (default root): owns what is written; relative paths start at its home",
+    False,
+)
 ENCODING = Param(
     "encoding",
     "query",
@@ -284,8 +290,8 @@ ROUTES: tuple[Route, ...] = (
         "files",
         "garden stream-in HANDLE --destination PATH [FILE|DIR|-]",
         request=Body(OCTETS, None, "the file's bytes, or a tar (application/x-tar)"),
-        params=(HANDLE, Param("destination", "query", "path in the container", True)),
-        errors=(400, 404, 409, 413, 507),
+        params=(HANDLE, Param("destination", "query", "path in the container", True), FILE_USER),
+        errors=(400, 404, 409, 507),
     ),
     Route(
         "GET",
@@ -294,7 +300,7 @@ ROUTES: tuple[Route, ...] = (
         "files",
         "garden stream-out HANDLE --source PATH [DEST|-]",
         response=Body(OCTETS, None, "the file's bytes, or a tar of the directory"),
-        params=(HANDLE, Param("source", "query", "path in the container", True)),
+        params=(HANDLE, Param("source", "query", "path in the container", True), FILE_USER),
         errors=(400, 404),
     ),
     Route(

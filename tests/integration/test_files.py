@@ -287,6 +287,26 @@ async def test_full_disk_is_507_and_leaves_nothing(server: Server, state_dir: Pa
             await trio.run_process(["umount", "-l", str(small)], check=False)
 
 
+async def test_the_containers_disk_limit_is_507(server: Server) -> None:
+    await make(server, "limited", limits={"disk": {"byte_hard": 8 << 20}})
+    r = await put(server, "limited", "/fits", os.urandom(2 << 20))
+    assert r.status_code == 200, r.text
+    r = await put(server, "limited", "/too-big", os.urandom(16 << 20))
+    assert (r.status_code, r.json()["type"]) == (507, "DiskLimitExceededError"), r.text
+
+    async def chunked() -> AsyncIterator[bytes]:  # no length: the limit is met while writing
+        for _ in range(256):
+            yield os.urandom(64 << 10)
+
+    r = await put(server, "limited", "/tmp/too-big", chunked())  # type: ignore[arg-type]
+    assert r.status_code == 507, r.text
+    r = await get(server, "limited", "/")
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as t:
+        names = [m.name for m in t.getmembers()]
+    assert "./fits" in names
+    assert not any("too-big" in n or n.endswith(".tmp") for n in names)  # no temporaries
+
+
 async def test_destroy_during_an_upload(server: Server) -> None:
     cid = await make(server, "busy")
     path = Path((await server.client.get("/containers/busy/info")).json()["container_path"])
