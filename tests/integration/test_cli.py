@@ -153,8 +153,12 @@ async def test_files(server: Server, tmp_path: Path) -> None:
     (tree / "sub" / "f").write_bytes(b"deep")
     assert (await garden(server, "stream-in", "cli-files", "-d", "/tmp/t", str(tree))).code == 0
     back = tmp_path / "back"
-    assert (await garden(server, "stream-out", "cli-files", "-s", "/tmp/t", str(back))).code == 0
+    # A trailing slash streams the directory's contents; without it, the directory itself.
+    assert (await garden(server, "stream-out", "cli-files", "-s", "/tmp/t/", str(back))).code == 0
     assert (back / "sub" / "f").read_bytes() == b"deep"
+    named = tmp_path / "named"
+    assert (await garden(server, "stream-out", "cli-files", "-s", "/tmp/t", str(named))).code == 0
+    assert (named / "t" / "sub" / "f").read_bytes() == b"deep"
 
 
 @pytest.mark.slow
