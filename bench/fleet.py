@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import trio
 
@@ -16,6 +17,22 @@ from bench.results import Cell, Row
 
 MIB_KIB = 1024.0
 RestartHook = Callable[[], Awaitable[float]]
+# Engines whose containers run in a user namespace with root mapped to garden's uid base: each
+# container's init holds a session keyring charged to that host uid.
+USERNS_ENGINES = ("garden", "runc", "crun")
+
+
+def keys_free(uid: int) -> tuple[int, int]:
+    """(keys the kernel still lets `uid` own, its maximum), from /proc/key-users and
+    kernel.keys.maxkeys: every container's init holds a session keyring of its user, so a
+    non-root uid (the mapped root of unprivileged containers) caps how many can run."""
+    maximum = int(Path("/proc/sys/kernel/keys/maxkeys").read_text())
+    for line in Path("/proc/key-users").read_text().splitlines():
+        owner, _, rest = line.partition(":")
+        if owner.strip() == str(uid):
+            used, _, _ = rest.split()[2].partition("/")
+            return maximum - int(used), maximum
+    return maximum, maximum
 
 
 async def _spread(n: int, clients: int, job: Callable[[], Awaitable[None]]) -> float:
@@ -40,8 +57,19 @@ async def fleet_rows(ctx: Context, restart_ours: RestartHook) -> list[Row]:
     memory: dict[str, Cell] = {}
     destroyed: dict[str, Cell] = {}
     restarted: dict[str, Cell] = {}
+    from garden.config import DEFAULT_UID_BASE
+
+    free, maximum = keys_free(DEFAULT_UID_BASE)
     for name, engine in ctx.engines.items():
         ids: list[str] = []
+        if name in USERNS_ENGINES and free < n + 10:
+            why = (
+                f"the kernel lets uid {DEFAULT_UID_BASE} (the containers' mapped root) own "
+                f"{maximum} keys and {free} are free: each container's init holds a session "
+                "keyring, so raise kernel.keys.maxkeys and maxbytes (docs/performance.md)"
+            )
+            running[name] = memory[name] = Cell(skipped=why)
+            continue
         try:
             before = of_pids((await engine.pids([])).daemons)
 
