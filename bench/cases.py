@@ -151,7 +151,7 @@ async def exec_rows(ctx: Context) -> list[Row]:
 def engine_cells(ctx: Context, measured: dict[str, Cell], unsupported: str) -> dict[str, Cell]:
     """`measured` plus a skipped cell for every other engine."""
     out: dict[str, Cell] = {}
-    for name in [*ctx.engines, *ctx.skipped]:
+    for name in dict.fromkeys([*measured, *ctx.engines, *ctx.skipped]):
         if name in measured:
             out[name] = measured[name]
         else:

@@ -150,3 +150,46 @@ def test_phases_from_the_server_log() -> None:
     t0 = datetime(2026, 11, 29, 17, 0, 1).timestamp()
     got = phases(log, t0)
     assert got == pytest.approx({"replayed": 0.5, "serving": 1.25})
+
+
+async def test_files_hook_turns_files_bench_results_into_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+    import types
+
+    from bench.cases import Context, Options
+    from bench.run import files_rows
+
+    calls: list[dict[str, object]] = []
+    fake = types.ModuleType("bench.files_bench")
+
+    def run(**kwargs: object) -> dict[str, object]:
+        calls.append(kwargs)
+        return {"upload_mbps": 400, "download_mbps": 900, "upload_server_cpu_s_per_gib": 1.5}
+
+    fake.run = run  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "bench.files_bench", fake)
+
+    class Ours:
+        class server:
+            address, pid = "http://127.0.0.1:1", 42
+
+        async def create(self, *, network: bool) -> tuple[str, float]:
+            await trio.lowlevel.checkpoint()
+            return "h", 0.0
+
+        async def destroy(self, id: str) -> float:
+            await trio.lowlevel.checkpoint()
+            return 0.0
+
+    ctx = Context(options=Options(), work_dir=Path("/nonexistent"), engines={})
+    rows = await files_rows(ctx, Ours())  # type: ignore[arg-type]
+    assert calls == [
+        {"size_mib": 1024, "url": "http://127.0.0.1:1", "handle": "h", "server_pid": 42}
+    ]
+    assert [(r.key, r.cells["garden"].value) for r in rows] == [
+        ("stream_in", 400.0),
+        ("stream_out", 900.0),
+    ]
+    assert rows[0].cells["garden"].extra == {"server CPU s/GiB": 1.5}
