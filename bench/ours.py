@@ -4,7 +4,6 @@ its HTTP API; and the sweep that leaves nothing of it behind."""
 
 from __future__ import annotations
 
-import binascii
 import os
 import shutil
 import signal
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import msgspec
 import trio
+from pybase64 import b64decode
 
 from bench.engine import Engine, Executed, Pids
 from bench.http import Connection, HttpError, Pool
@@ -199,7 +199,7 @@ class OursEngine(Engine):
             if line.exit_status is not None:
                 status = line.exit_status
             elif line.source == "stdout":
-                total += len(binascii.a2b_base64(line.data))
+                total += len(b64decode(line.data))
         seconds = time.perf_counter() - started
         await self.pool.release(conn)
         if status is None:
