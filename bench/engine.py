@@ -67,6 +67,9 @@ class Engine(abc.ABC):
     def supports_network(self) -> bool:
         return True
 
+    def supports_no_network(self) -> bool:
+        return True
+
     async def cleanup(self) -> None:
         """Destroy every container still live, then release whatever is left."""
         for id in sorted(self.live):

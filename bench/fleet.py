@@ -74,7 +74,7 @@ async def fleet_rows(ctx: Context, restart_ours: RestartHook) -> list[Row]:
             before = of_pids((await engine.pids([])).daemons)
 
             async def create(engine: Engine = engine, ids: list[str] = ids) -> None:
-                id, _ = await engine.create(network=False)
+                id, _ = await engine.create(network=engine.supports_network())
                 ids.append(id)
 
             with trio.fail_after(OP_TIMEOUT + n * 2.0):
@@ -103,7 +103,8 @@ async def fleet_rows(ctx: Context, restart_ours: RestartHook) -> list[Row]:
             cells=engine_cells(ctx, running, "not supported")),
         Row(key="fleet_memory", title=f"{title}: host memory per container", unit="MiB PSS",
             cells=engine_cells(ctx, memory, "not supported"),
-            note="daemon growth + monitor/shim + init, divided by N; see the breakdown"),
+            note="daemon growth + monitor/shim + init, divided by N; see the breakdown. "
+            "Containers have networking where the engine makes one (not runc, crun)"),
         Row(key="fleet_destroyed", title=f"{title}: all destroyed", unit="s",
             cells=engine_cells(ctx, destroyed, "not supported")),
         Row(key="restart_live", title=f"restart with {n} live containers → /ping", unit="s",

@@ -4,7 +4,9 @@ its HTTP API; and the sweep that leaves nothing of it behind."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -22,11 +24,9 @@ from bench.http import Connection, HttpError, Pool
 from bench.memory import cmdline, pids_in_cgroups, pids_named
 from garden.config import ServerConfig
 
-# The create bodies of the two variants. Without networking on the server, every container has
-# none, so {} is "without network"; "with network" is measured once the server gives containers
-# an address (see `OursEngine.probe_network`). When the networking API has an opt-out, put it in
-# NO_NETWORK_SPEC.
-NO_NETWORK_SPEC = b"{}"
+# A create body: the server gives every container an address from its pool (API.md: `network`
+# absent -> a free /30); it has no way to ask for none.
+CREATE_SPEC = b"{}"
 NETWORK_SPEC = b"{}"
 
 START_TIMEOUT = 120.0
@@ -37,6 +37,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def bench_pool() -> str:
+    """A /20 (1024 containers) of its own for each bench server, inside 10.64.0.0/10: apart
+    from the default pool (10.254.0.0/22) and from the tests' pools (10.128.0.0/9)."""
+    return str(ipaddress.IPv4Network((0x0A400000 + secrets.randbelow(1 << 10) * 4096, 20)))
 
 
 def garden_argv() -> list[str]:
@@ -54,12 +60,16 @@ class GardenServer:
         self.port = free_port()
         self.address = f"http://127.0.0.1:{self.port}"
         self.log_path = work_dir / "server.log"
+        self.network_pool = bench_pool()
         self.extra_args = extra_args
         self.process: trio.Process | None = None
 
     @property
     def config(self) -> ServerConfig:
-        return ServerConfig(state_dir=str(self.state_dir), tag=self.tag, bind_port=self.port)
+        return ServerConfig(
+            state_dir=str(self.state_dir), tag=self.tag, bind_port=self.port,
+            network_pool=self.network_pool,
+        )  # fmt: skip
 
     @property
     def pid(self) -> int:
@@ -70,7 +80,7 @@ class GardenServer:
         self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
         argv = [
             *garden_argv(), "server", "--state-dir", str(self.state_dir), "--tag", self.tag,
-            "--bind-port", str(self.port), *self.extra_args,
+            "--bind-port", str(self.port), "--network-pool", self.network_pool, *self.extra_args,
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             started = time.perf_counter()
@@ -118,12 +128,19 @@ class GardenServer:
 
     async def sweep(self) -> list[str]:
         """With the server stopped: release every kernel resource of its tag (as its start-up
-        sweep would), its cgroup parent and its conmon socket dir."""
+        sweep would), its network (links, nftables table), its cgroup parent and its conmon
+        socket dir."""
         from garden.linux.cgroups import detect
         from garden.main import build_kernel, socket_dir
 
         kernel = await build_kernel(self.config)
         swept = await kernel.sweep(set())
+        try:
+            from garden.main import build_networker  # type: ignore[attr-defined, unused-ignore]
+        except ImportError:  # a server without networking
+            pass
+        else:
+            await build_networker(self.config).remove_all()
         await detect().remove(self.config.cgroup_parent, timeout=10)
         shutil.rmtree(socket_dir(self.config), ignore_errors=True)
         return swept
@@ -165,11 +182,12 @@ class OursEngine(Engine):
     def supports_network(self) -> bool:
         return self.has_network
 
+    def supports_no_network(self) -> bool:
+        return not self.has_network
+
     async def create(self, *, network: bool) -> tuple[str, float]:
         started = time.perf_counter()
-        status, body = await self.pool.call(
-            "POST", "/containers", NETWORK_SPEC if network else NO_NETWORK_SPEC
-        )
+        status, body = await self.pool.call("POST", "/containers", CREATE_SPEC)
         seconds = time.perf_counter() - started
         if status != 200:
             raise RuntimeError(f"create: {status} {body[:300]!r}")
