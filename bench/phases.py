@@ -21,6 +21,7 @@ import msgspec
 import trio
 
 from bench.http import Connection
+from bench.ours import GardenServer, bench_pool
 from bench.run import BASE_DIR
 
 Timings = defaultdict[str, list[float]]
@@ -56,6 +57,7 @@ def instrument(timings: Timings) -> None:
     from garden.events.journal import Journal
     from garden.linux import containers, monitor, process_spec, processes
     from garden.linux.cgroups.v1 import CgroupsV1
+    from garden.linux.net.networker import LinuxNetworker
     from garden.linux.runtime import Runtime
 
     def record_label(_self: object, *events: object, **_kw: object) -> str:
@@ -71,6 +73,8 @@ def instrument(timings: Timings) -> None:
         (Runtime, "run", "create: runc run -d"),
         (Runtime, "delete", "destroy: runc delete"),
         (CgroupsV1, "remove", "destroy: cgroup rmdir"),
+        (LinuxNetworker, "setup", "create: network set-up"),
+        (LinuxNetworker, "teardown", "destroy: network teardown"),
         (processes.LinuxProcesses, "spawn", "run: spawn (prepare + conmon)"),
         (monitor, "_run_conmon", "run: conmon + runc exec -d until the pid"),
         (monitor, "wait_exit", "run: after the pid, until conmon has exited"),
@@ -92,7 +96,7 @@ async def measure(n: int) -> Timings:
     work.mkdir(parents=True, mode=0o711)
     config = msgspec.convert(
         {"state_dir": str(work / "state"), "bind_port": 0, "tag": "ph" + secrets.token_hex(3),
-         "handle_signals": False, "log_level": "warning"},
+         "handle_signals": False, "log_level": "warning", "network_pool": bench_pool()},
         ServerConfig,
     )  # fmt: skip
     client: Timings = defaultdict(list)
@@ -135,10 +139,9 @@ async def measure(n: int) -> Timings:
             await conn.aclose()
             nursery.cancel_scope.cancel()
     finally:
-        from bench.ours import GardenServer
-
         server = GardenServer(work, config.tag)
         server.state_dir = Path(config.state_dir)
+        server.network_pool = config.network_pool
         await server.sweep()
         shutil.rmtree(work, ignore_errors=True)
     timings.update(client)
