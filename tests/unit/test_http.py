@@ -209,7 +209,9 @@ async def test_base64_stream_lines_are_the_json_of_the_output(
         tag="gtest", handle_signals=False,
     )  # fmt: skip
     processes = FakeProcesses()
-    binds = await nursery.start(partial(serve, config, kernel=FakeKernel(), processes=processes))
+    binds = await nursery.start(
+        partial(serve, config, kernel=FakeKernel(), processes=processes, networker=FakeNetworker())
+    )
     async with httpx.AsyncClient(base_url=binds[0]) as c:
         assert (await c.post("/containers", json={"handle": "b64"})).status_code == 200
         async with c.stream(
