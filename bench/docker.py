@@ -17,6 +17,7 @@ from bench.memory import cmdline, comm, pids_named
 
 SOCKET = "/var/run/docker.sock"
 IMAGE = "garden-bench/busybox:latest"
+LABEL = "garden-bench"  # every container the benchmarks make carries it
 _json = msgspec.json.Decoder(dict[str, object]).decode
 
 
@@ -55,6 +56,7 @@ class DockerEngine(Engine):
         spec = {
             "Image": IMAGE,
             "Cmd": INIT_ARGV,
+            "Labels": {LABEL: "1"},
             "HostConfig": {
                 "NetworkMode": "bridge" if network else "none",
                 "Binds": [f"{INIT_PATH}:{INIT_ARGV[0]}:ro"],
@@ -65,7 +67,7 @@ class DockerEngine(Engine):
         if status != 201:
             raise RuntimeError(f"docker create: {status} {body[:300]!r}")
         id = str(_json(body)["Id"])
-        self.live.add(id)
+        self.live.add(id)  # a failed start is removed by cleanup like any live container
         status, body = await self._call("POST", f"/containers/{id}/start")
         if status not in (204, 304):
             raise RuntimeError(f"docker start: {status} {body[:300]!r}")
@@ -127,6 +129,15 @@ class DockerEngine(Engine):
                 if isinstance(state, dict) and state.get("Pid"):
                     inits.append(int(state["Pid"]))
         return Pids(daemons=daemons, monitors=monitors, inits=inits)
+
+    async def cleanup(self) -> None:
+        """Destroy what is live, then every container any bench run left (by its label)."""
+        await super().cleanup()
+        filters = quote(msgspec.json.encode({"label": [LABEL]}).decode())
+        status, body = await self._call("GET", f"/containers/json?all=1&filters={filters}")
+        if status == 200:
+            for container in msgspec.json.decode(body, type=list[dict[str, object]]):
+                await self.destroy(str(container["Id"]))
 
     async def aclose(self) -> None:
         await self.pool.aclose()

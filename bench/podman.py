@@ -6,6 +6,7 @@ without CAP_SYS_RESOURCE may grant."""
 from __future__ import annotations
 
 import resource
+import secrets
 import shutil
 import subprocess
 import time
@@ -16,6 +17,7 @@ from bench.engine import INIT_ARGV, INIT_PATH, Engine, Executed, Pids, Unavailab
 from bench.memory import cmdline, pids_named
 
 IMAGE = "localhost/garden-bench/busybox:latest"
+LABEL = "garden-bench"  # every container the benchmarks make carries it
 
 
 def _limit(res: int, cap: int) -> str:
@@ -97,15 +99,29 @@ class PodmanEngine(Engine):
         await self.destroy(id)
 
     async def create(self, *, network: bool) -> tuple[str, float]:
+        name = f"garden-bench-{secrets.token_hex(6)}"
         started = time.perf_counter()
-        out = await self._run(
-            "run", "-d", "--network", "bridge" if network else "none", *self.run_opts,
-            IMAGE, *INIT_ARGV,
-        )  # fmt: skip
+        try:
+            out = await self._run(
+                "run", "-d", "--name", name, "--label", LABEL, "--network",
+                "bridge" if network else "none", *self.run_opts, IMAGE, *INIT_ARGV,
+            )  # fmt: skip
+        except RuntimeError:
+            # A container that was created but could not start stays behind: remove it.
+            await trio.run_process([*self.base, "rm", "-f", name], capture_stdout=True,
+                                   capture_stderr=True, check=False)  # fmt: skip
+            raise
         seconds = time.perf_counter() - started
         id = out.decode().strip().splitlines()[-1]
         self.live.add(id)
         return id, seconds
+
+    async def cleanup(self) -> None:
+        """Destroy what is live, then every container any bench run left (by its label)."""
+        await super().cleanup()
+        out = await self._run("ps", "-aq", "--filter", f"label={LABEL}")
+        for id in out.decode().split():
+            await self._run("rm", "-f", "-t", "0", id)
 
     async def destroy(self, id: str) -> float:
         started = time.perf_counter()

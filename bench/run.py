@@ -15,6 +15,7 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import msgspec
 import trio
 
 from bench import targets
@@ -62,7 +63,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs) afterwards")
     p.add_argument("--time-limit", type=float, default=3600.0, help="seconds for the whole run")
+    p.add_argument(
+        "--render", type=Path, metavar="JSON",
+        help="check the targets of a results file again and rewrite its Markdown; run nothing",
+    )  # fmt: skip
     return p.parse_args(argv)
+
+
+def render(path: Path) -> int:
+    results = msgspec.json.decode(path.read_bytes(), type=Results)
+    fleet = results.options.get("fleet", 0)
+    results.targets = targets.check(results, fleet if isinstance(fleet, int) else 0)
+    path.write_bytes(encode(results))
+    path.with_suffix(".md").write_text(markdown(results))
+    print(markdown_table(results))
+    return 0
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -289,6 +304,8 @@ async def run(args: argparse.Namespace) -> Results:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render is not None:
+        return render(args.render)
     if os.geteuid() != 0:
         print("bench: needs root (containers, cgroups, mounts)", file=sys.stderr)
         return 2

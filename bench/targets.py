@@ -56,15 +56,14 @@ def check(results: Results, fleet_size: int) -> list[Target]:
     )
     running = _median(results.row("fleet_running"), OURS)
     if running is not None:
-        projected = running / fleet_size * 1000
-        detail = f"{fleet_size} in {running:.1f} s"
-        if fleet_size != 1000:
-            detail += f" (linear projection to 1000: {projected:.0f} s; run with --fleet 1000)"
-        targets.append(
-            Target(
-                what="1,000 containers all running in ≤ 60 s", met=projected <= 60, detail=detail
-            )
-        )
+        what = "1,000 containers all running in ≤ 60 s"
+        if fleet_size >= 1000:
+            targets.append(Target(what=what, met=running <= 60, detail=f"{running:.1f} s"))
+        else:
+            projected = running / fleet_size * 1000
+            detail = (f"measured {fleet_size} in {running:.1f} s (linear projection to 1000: "
+                      f"{projected:.0f} s); run with --full")  # fmt: skip
+            targets.append(Target(what=what, met=None, detail=detail))
     memory = results.row("fleet_memory")
     cell = memory.cells.get(OURS) if memory else None
     if cell is not None and cell.value is not None:
