@@ -33,7 +33,7 @@ lint:
 
 # Type-check (mypy strict)
 typecheck:
-    "{{ bin }}/mypy" garden
+    "{{ bin }}/mypy" garden bench
 
 # Run the whole test suite (integration tests need root); extra args go to pytest
 test *args:

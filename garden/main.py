@@ -34,6 +34,7 @@ from garden.linux.net.networker import LinuxNetworker
 from garden.linux.output import open_log_watcher
 from garden.linux.processes import LinuxProcesses
 from garden.linux.runtime import probe_runtime
+from garden.linux.trash import Trash, open_trash
 
 log = logging.getLogger("garden.main")
 
@@ -49,7 +50,7 @@ def open_log(config: ServerConfig) -> Restored:
     return restore(state_dir / "events.log", state_dir / SNAPSHOT_FILE)
 
 
-async def build_kernel(config: ServerConfig) -> LinuxContainers:
+async def build_kernel(config: ServerConfig, *, trash: Trash | None = None) -> LinuxContainers:
     state_dir = config.state_path
     runtime = await probe_runtime(config.runtime, root=state_dir / "runtime")
     ensure_key_quota(config.max_containers)
@@ -59,6 +60,7 @@ async def build_kernel(config: ServerConfig) -> LinuxContainers:
         cgroups=detect(),
         cache_dir=state_dir / "rootfs-cache",
         cgroup_parent=config.cgroup_parent,
+        trash=trash,
     )
 
 
@@ -122,7 +124,8 @@ async def serve(
         gc.freeze()
         stack.callback(gc.unfreeze)
         if kernel is None or processes is None:
-            real = await build_kernel(config)
+            trash = await stack.enter_async_context(open_trash(config.state_path / "trash"))
+            real = await build_kernel(config, trash=trash)
             watcher = await stack.enter_async_context(open_log_watcher())
             kernel = real
             processes = LinuxProcesses(

@@ -4,12 +4,15 @@ exact bytes."""
 
 from __future__ import annotations
 
-import base64
 import codecs
 from collections.abc import AsyncIterator
 from typing import Literal
 
 import msgspec
+
+# SIMD base64: ~40x faster than binascii here, which otherwise costs more CPU than all the rest of
+# a base64 stream together.
+from pybase64 import b64encode
 
 from garden.actors.processes import LiveProcess
 from garden.actors.supervisor import Supervisor
@@ -52,12 +55,15 @@ async def process_stream(
             "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
             "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
         }
+        # base64 needs no JSON escaping: its lines are put together from bytes directly.
+        heads = {source: _encode(_Data(pid, source, ""))[:-2] for source in decoders}
         async with sup.process_kernel.output(process.facts, replay_bytes=replay_bytes) as chunks:
             async for chunk in chunks:
                 if encoding == "base64":
-                    text = base64.b64encode(chunk.data).decode()
-                else:
-                    text = decoders[chunk.source].decode(chunk.data)
+                    if chunk.data:
+                        yield b"".join((heads[chunk.source], b64encode(chunk.data), b'"}\n'))
+                    continue
+                text = decoders[chunk.source].decode(chunk.data)
                 if text:
                     yield _encode(_Data(pid, chunk.source, text)) + b"\n"
         if encoding == "utf-8":

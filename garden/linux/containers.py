@@ -59,6 +59,7 @@ from garden.linux.rootfs import (
     unmount_overlay,
 )
 from garden.linux.runtime import Runtime
+from garden.linux.trash import Trash
 
 Liveness = Literal["running", "stopped", "gone"]
 
@@ -101,6 +102,7 @@ class LinuxContainers:
         cleanup_timeout: float = 10.0,
         use_run: bool = True,
         disk: LayerQuota | None = None,
+        trash: Trash | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.containers_dir = self.state_dir / "containers"
@@ -112,6 +114,7 @@ class LinuxContainers:
         self.cleanup_timeout = cleanup_timeout
         self.use_run = use_run  # `run -d` (one runtime call) instead of `create` + `start`
         self.disk: LayerQuota = disk if disk is not None else LoopImageQuota()
+        self.trash = trash  # where bundles go to be deleted after the answer (None: at once)
         self._parents_ready: set[str] = set()
         self._swap_accounting: dict[str, bool] = {}
         self._allowed_caps = oci.caps_from_mask(capability_bounding_mask())
@@ -132,7 +135,7 @@ class LinuxContainers:
         async with contextlib.AsyncExitStack() as undo:
             lower = await prepare_lower(Path(plan.rootfs), plan.uid_base, self.cache_dir)
             self._make_container_dir(cpath)
-            undo.push_async_callback(self._undo, "remove dir", remove_tree, cpath)
+            undo.push_async_callback(self._undo, "remove dir", remove_tree, cpath, self.trash)
             layer = None
             if plan.disk is not None:
                 undo.push_async_callback(self._undo, "release disk", self.disk.release, cpath)
@@ -299,7 +302,7 @@ class LinuxContainers:
         await unmount_overlay(cpath)
         faults.reached("destroy:after-unmount")
         await self.disk.release(cpath)
-        await remove_tree(cpath)
+        await remove_tree(cpath, self.trash)
 
     async def _release_runtime(self, cid: str, cpath: Path, cgroup_path: str) -> None:
         """Kill the init (the kernel then kills its pid namespace), kill any straggler left in

@@ -20,6 +20,7 @@ from pathlib import Path
 import trio
 
 from garden.errors import MountError
+from garden.linux.trash import Trash
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _mount = _libc.mount
@@ -208,12 +209,16 @@ def _unescape(s: str) -> str:
     return s.encode().decode("unicode_escape").encode("latin-1").decode()
 
 
-async def remove_tree(container_path: Path) -> None:
-    """Delete the container's directory; absent is done. Refuses while anything is mounted
-    below it, so a missed unmount can never delete through a mount into other data."""
+async def remove_tree(container_path: Path, trash: Trash | None = None) -> None:
+    """Delete the container's directory (or move it to `trash`, which deletes it later);
+    absent is done. Refuses while anything is mounted below it, so a missed unmount can never
+    delete through a mount into other data."""
     left = await trio.to_thread.run_sync(mounts_under, container_path)
     if left:
         raise MountError(f"remove {container_path}", f"still mounted: {', '.join(map(str, left))}")
+    if trash is not None:
+        await trash.discard(container_path)
+        return
 
     def rm() -> None:
         try:

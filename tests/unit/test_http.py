@@ -193,3 +193,42 @@ async def test_events_route_history_filters_and_follow(client: httpx.AsyncClient
         followed = json.loads(await lines.__anext__())
     assert followed["seq"] == last + 1
     assert followed["event"]["key"] == "k2"
+
+
+async def test_base64_stream_lines_are_the_json_of_the_output(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    # The base64 lines are assembled from bytes (no JSON encoder): they must be exactly what
+    # encoding the object would give, and decode to the exact bytes.
+    import base64
+
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    config = ServerConfig(
+        state_dir=str(tmp_path / "state"), default_rootfs=str(rootfs), bind_port=0,
+        tag="gtest", handle_signals=False,
+    )  # fmt: skip
+    processes = FakeProcesses()
+    binds = await nursery.start(
+        partial(serve, config, kernel=FakeKernel(), processes=processes, networker=FakeNetworker())
+    )
+    async with httpx.AsyncClient(base_url=binds[0]) as c:
+        assert (await c.post("/containers", json={"handle": "b64"})).status_code == 200
+        async with c.stream(
+            "POST", "/containers/b64/processes?encoding=base64",
+            json={"path": "echo", "args": ["a\x00b", "c"], "id": "p1"},
+        ) as r:  # fmt: skip
+            lines = []
+            async for line in r.aiter_lines():
+                lines.append(line)
+                if len(lines) == 4:
+                    processes.finish(next(iter(processes.spawned.values())), 0)
+    expected = [
+        {"process_id": "p1"},
+        {"process_id": "p1", "source": "stdout", "data": base64.b64encode(b"a\x00b c").decode()},
+        {"process_id": "p1", "source": "stderr", "data": base64.b64encode(b"err\xc3").decode()},
+        {"process_id": "p1", "source": "stderr", "data": base64.b64encode(b"\xa9").decode()},
+        {"process_id": "p1", "exit_status": 0},
+    ]
+    assert lines == [msgspec.json.encode(e).decode() for e in expected]
+    nursery.cancel_scope.cancel()

@@ -205,3 +205,40 @@ async def test_follow_cancelled_releases_its_watches(tmp_path: Path) -> None:
         with trio.move_on_after(0.1):
             await _collect(watcher, d)
         assert watcher._watches == {}
+
+
+def test_long_and_short_line_parsers_agree() -> None:
+    # Long lines (as conmon writes fast output) take the newline-by-newline parser, short ones
+    # the split-based one; both give the same chunks, offsets and used length.
+    rng = random.Random(7)
+    log = b"".join(
+        k8s_lines(rng.choice(["stdout", "stderr"]), rng.randbytes(rng.randrange(1, 30000)))
+        for _ in range(40)
+    )
+    log += log[:500]  # a partial line at the end
+    long_first = output.parse(log, 100)
+    assert long_first == output._parse_slow(log, 100)
+    short = b"".join(k8s_lines(s, b"ab\ncd\n") for s in ["stdout", "stderr", "stdout"])
+    assert output.parse(short, 7) == output._parse_slow(short, 7)
+
+
+async def test_follow_reads_a_line_longer_than_one_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(output, "_READ_SIZE", 64)
+    d = _proc_dir(tmp_path)
+    data = bytes(range(256)) * 8
+    _append(d / "log", k8s_lines("stdout", data, write_size=1000))
+    (d / "exit" / "c").write_text("0")
+    async with output.open_log_watcher() as watcher:
+        with trio.fail_after(5):
+            assert rebuild(await _collect(watcher, d)) == data
+
+
+async def test_follow_keeps_a_torn_last_line(tmp_path: Path) -> None:
+    d = _proc_dir(tmp_path)
+    _append(d / "log", k8s_lines("stdout", b"whole\n") + TS + b" stdout P torn")
+    (d / "exit" / "c").write_text("0")
+    async with output.open_log_watcher() as watcher:
+        with trio.fail_after(5):
+            assert rebuild(await _collect(watcher, d)) == b"whole\ntorn"
