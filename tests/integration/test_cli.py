@@ -3,10 +3,12 @@ server on the real kernel: what it prints, what it does, and the exit codes scri
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -159,6 +161,9 @@ async def test_files(server: Server, tmp_path: Path) -> None:
     named = tmp_path / "named"
     assert (await garden(server, "stream-out", "cli-files", "-s", "/tmp/t", str(named))).code == 0
     assert (named / "t" / "sub" / "f").read_bytes() == b"deep"
+    listing = await garden(server, "stream-out", "cli-files", "-s", "/tmp/t")  # to stdout
+    with tarfile.open(fileobj=io.BytesIO(listing.out)) as tar:
+        assert "t/sub/f" in tar.getnames()
 
 
 @pytest.mark.slow

@@ -148,6 +148,8 @@ async def test_files_commands(
     assert capfd.readouterr().out == "alpha"
     out_dir = tmp_path / "out"
     assert await garden(fake.url, "stream-out", "c", "--source", "/app", str(out_dir)) == 0
+    assert (out_dir / "app" / "sub" / "b.bin").read_bytes() == b"\x00beta"
+    assert await garden(fake.url, "stream-out", "c", "--source", "/app/", str(out_dir)) == 0
     assert (out_dir / "sub" / "b.bin").read_bytes() == b"\x00beta"
     out_dir.mkdir(exist_ok=True)
     assert await garden(fake.url, "stream-out", "c", "-s", "/one", str(out_dir)) == 0
@@ -165,9 +167,9 @@ async def test_a_tar_that_escapes_is_refused(
         tar.add(__file__, arcname="../escaped.py")
     assert await garden(fake.url, "stream-in", "c", "-d", "/d", "--tar", str(evil)) == 0
     fake.app.containers["c"].files["/d/../escaped.py"] = b"x"  # what a hostile server sends
-    assert await garden(fake.url, "stream-out", "c", "-s", "/d", str(tmp_path / "out")) == 1
+    assert await garden(fake.url, "stream-out", "c", "-s", "/d/", str(tmp_path / "out")) == 1
     assert not (tmp_path / "escaped.py").exists()
-    assert "refusing '../escaped.py'" in capfd.readouterr().err
+    assert "refusing './../escaped.py'" in capfd.readouterr().err
 
 
 async def test_limit_and_net_commands(fake: Fake, capfd: pytest.CaptureFixture[str]) -> None:

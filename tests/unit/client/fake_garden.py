@@ -143,7 +143,10 @@ class FakeGarden:
                 c.files[dest] = r.body
             return _json({})
         if rest == "files" and r.method == "GET":
+            # As the server (docs/files.md): `/srv/app` gives entries `app/...`, `/srv/app/`
+            # gives `./...`.
             src = query["source"].rstrip("/")
+            prefix = "." if query["source"].endswith("/") else src.rsplit("/", 1)[-1]
             if src in c.files:
                 return 200, "application/octet-stream", c.files[src]
             inside = {k: v for k, v in c.files.items() if k.startswith(src + "/")}
@@ -152,7 +155,7 @@ class FakeGarden:
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as tar:
                 for name, data in sorted(inside.items()):
-                    info = tarfile.TarInfo(name[len(src) + 1 :])
+                    info = tarfile.TarInfo(f"{prefix}/{name[len(src) + 1 :]}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
             return 200, "application/x-tar", buf.getvalue()

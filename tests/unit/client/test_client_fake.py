@@ -114,7 +114,7 @@ async def test_sync_files_in_and_out(fake: Fake) -> None:
             with c.stream_out("c", "/app") as d:
                 assert d.is_tar
                 with tarfile.open(fileobj=io.BytesIO(b"".join(d))) as tar:
-                    assert sorted(tar.getnames()) == ["sub/y", "x"]
+                    assert sorted(tar.getnames()) == ["app/sub/y", "app/x"]
             with pytest.raises(e.FileNotFoundInContainerError):
                 c.stream_out("c", "/nope")
 
