@@ -268,9 +268,15 @@ async def test_websocket_terminal(server: Server) -> None:
     from tests.wsclient import WebSocket
 
     await create(server, "ws")
+    # conmon applies a resize (ctl FIFO) and stdin (attach socket) independently: the process
+    # reports its size after every line until it sees the new one.
+    script = (
+        "stty size; while read line; do echo got:$line; s=$(stty size); echo size:$s;"
+        ' [ "$s" = "30 100" ] && break; done; exit 5'
+    )
     spec = {
         "path": "sh",
-        "args": ["-c", "stty size; read line; echo got:$line; stty size; exit 5"],
+        "args": ["-c", script],
         "tty": {"columns": 80, "rows": 24},
         "id": "term",
     }
@@ -281,7 +287,7 @@ async def test_websocket_terminal(server: Server) -> None:
     ws = await WebSocket.connect("127.0.0.1", url.port, "/containers/ws/processes/term/ws")
     received = b""
     exit_message = None
-    with trio.fail_after(20):
+    with trio.fail_after(30):
         while b"24 80" not in received:
             message = await ws.receive()
             assert isinstance(message, bytes)
@@ -294,9 +300,11 @@ async def test_websocket_terminal(server: Server) -> None:
                 break
             if isinstance(message, str):
                 exit_message = json.loads(message)
-            else:
-                received += message
+                continue
+            received += message
+            if received.rstrip().endswith(b"size:24 80"):
+                await ws.send_bytes(b"again\r")
     await ws.aclose()
     assert b"got:hello" in received
-    assert b"30 100" in received
+    assert b"size:30 100" in received
     assert exit_message == {"exit_status": 5}
