@@ -163,8 +163,16 @@ async def test_stop_keeps_init_and_destroy_after(
     plan = make_plan(kernel, busybox_rootfs, privileged=False)
     started = await kernel.create(plan)
     try:
-        for cmd in (["sleep", "1000"], ["sh", "-c", "trap '' TERM; sleep 1000"]):
+        for cmd in (
+            ["sleep", "1000"],
+            ["sh", "-c", "trap '' TERM; touch /tmp/trapped; sleep 1000"],
+        ):
             runc_exec_detached(kernel, plan.container_id, *cmd)
+        # The shell must have set its trap before the stop, or TERM kills it at once.
+        trapped = Path(plan.container_path, "rootfs", "tmp", "trapped")
+        with trio.fail_after(10):
+            while not trapped.exists():
+                await trio.sleep(0.01)
         assert len(kernel.cgroups.pids(plan.cgroup_path)) >= 3
         t0 = time.monotonic()
         await kernel.stop(plan, kill=False, timeout=0.5)
