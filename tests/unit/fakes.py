@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
 from typing import final
 
 import msgspec
@@ -295,3 +297,37 @@ def _rounded(r: ResourceLimits) -> ResourceLimits:
     if r.memory_bytes is None:
         return r
     return msgspec.structs.replace(r, memory_bytes=r.memory_bytes // 4096 * 4096)
+
+
+async def serve_fakes(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    *,
+    processes: FakeProcesses | None = None,
+    files: object | None = None,
+) -> str:
+    """A real HTTP server on 127.0.0.1 over the fake kernel parts; its base URL."""
+    from garden.config import ServerConfig
+    from garden.main import serve
+
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir(exist_ok=True)
+    config = ServerConfig(
+        state_dir=str(tmp_path / "state"),
+        default_rootfs=str(rootfs),
+        bind_port=0,
+        tag="gtest",
+        handle_signals=False,
+    )
+    extra: dict[str, object] = {} if files is None else {"files": files}
+    binds = await nursery.start(
+        partial(
+            serve,
+            config,
+            kernel=FakeKernel(),
+            processes=processes or FakeProcesses(),
+            networker=FakeNetworker(),
+            **extra,
+        )
+    )
+    return str(binds[0])

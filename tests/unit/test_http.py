@@ -14,30 +14,12 @@ import trio
 
 from garden.config import ServerConfig
 from garden.main import serve
-from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
+from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses, serve_fakes
 
 
 @pytest.fixture
 async def client(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[httpx.AsyncClient]:
-    rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    config = ServerConfig(
-        state_dir=str(tmp_path / "state"),
-        default_rootfs=str(rootfs),
-        bind_port=0,
-        tag="gtest",
-        handle_signals=False,
-    )
-    binds = await nursery.start(
-        partial(
-            serve,
-            config,
-            kernel=FakeKernel(),
-            processes=FakeProcesses(),
-            networker=FakeNetworker(),
-        )
-    )
-    async with httpx.AsyncClient(base_url=binds[0]) as c:
+    async with httpx.AsyncClient(base_url=await serve_fakes(nursery, tmp_path)) as c:
         yield c
     nursery.cancel_scope.cancel()
 

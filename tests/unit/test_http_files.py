@@ -13,11 +13,9 @@ import pytest
 import trio
 import trio.testing
 
-from garden.config import ServerConfig
 from garden.errors import ConflictError
-from garden.main import serve
 from tests.unit.fake_files import FakeFiles
-from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
+from tests.unit.fakes import serve_fakes
 
 CHUNK = 64 << 10
 
@@ -31,26 +29,8 @@ def fake_files() -> FakeFiles:
 async def client(
     tmp_path: Path, nursery: trio.Nursery, fake_files: FakeFiles
 ) -> AsyncIterator[httpx.AsyncClient]:
-    rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    config = ServerConfig(
-        state_dir=str(tmp_path / "state"),
-        default_rootfs=str(rootfs),
-        bind_port=0,
-        tag="gtest",
-        handle_signals=False,
-    )
-    binds = await nursery.start(
-        partial(
-            serve,
-            config,
-            kernel=FakeKernel(),
-            processes=FakeProcesses(),
-            networker=FakeNetworker(),
-            files=fake_files,
-        )
-    )
-    async with httpx.AsyncClient(base_url=binds[0], timeout=30) as c:
+    url = await serve_fakes(nursery, tmp_path, files=fake_files)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
         assert (await c.post("/containers", json={"handle": "c"})).status_code == 200
         yield c
     nursery.cancel_scope.cancel()

@@ -4,41 +4,20 @@ Prometheus text."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from garden.config import ServerConfig
 from garden.events.journal import JournalStats
 from garden.http.prometheus import RequestMetrics, render
-from garden.main import serve
-from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
+from tests.unit.fakes import serve_fakes
 
 
 @pytest.fixture
 async def client(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[httpx.AsyncClient]:
-    rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    config = ServerConfig(
-        state_dir=str(tmp_path / "state"),
-        default_rootfs=str(rootfs),
-        bind_port=0,
-        tag="gtest",
-        handle_signals=False,
-    )
-    binds = await nursery.start(
-        partial(
-            serve,
-            config,
-            kernel=FakeKernel(),
-            processes=FakeProcesses(),
-            networker=FakeNetworker(),
-        )
-    )
-    async with httpx.AsyncClient(base_url=binds[0]) as c:
+    async with httpx.AsyncClient(base_url=await serve_fakes(nursery, tmp_path)) as c:
         yield c
     nursery.cancel_scope.cancel()
 
