@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import trio
 
 from garden.linux.cgroups import detect
 from garden.linux.rootfs import mounts_under
@@ -63,7 +64,11 @@ async def test_create_is_real_and_destroy_leaves_nothing(server: Server, tmp_pat
     pids = cg.pids(cgroup)
     assert len(pids) == 1
     # The init is the reaping catatonit, in its own namespaces.
-    assert Path(f"/proc/{pids[0]}/cmdline").read_bytes().startswith(b"/.catatonit")
+    # `runc run -d` may answer before its init has exec'd catatonit: wait (bounded) for it.
+    cmdline = Path(f"/proc/{pids[0]}/cmdline")
+    with trio.fail_after(10):
+        while not cmdline.read_bytes().startswith(b"/.catatonit"):
+            await trio.sleep(0.01)
     for ns in ("mnt", "pid", "uts", "ipc", "net"):
         assert os.readlink(f"/proc/{pids[0]}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
     assert runc(server, "exec", cid, "hostname").stdout.strip() == "integration-one"
