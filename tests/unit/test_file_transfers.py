@@ -5,47 +5,16 @@ them, and no transfer starts while a destroy runs."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
 
 from garden.actors.files import STOP_TRANSFERS_TIMEOUT, Transfers
-from garden.actors.supervisor import Supervisor
 from garden.errors import ContainerNotFoundError
-from garden.events.journal import Journal
-from garden.events.log import EventLog
-from garden.events.state import evolve, replay
 from tests.unit.fake_files import FakeFiles
-from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
-from tests.unit.test_supervisor import ORIGIN, make_config, spec
-
-
-@asynccontextmanager
-async def running(tmp_path: Path, files: FakeFiles) -> AsyncIterator[Supervisor]:
-    config = make_config(tmp_path)
-    Path(config.state_dir).mkdir(parents=True, exist_ok=True)
-    log = EventLog.open(Path(config.state_dir) / "events.log")
-    state = replay(log.records())
-    journal = Journal(log, lambda r: evolve(state, r), write_in_thread=False)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(journal.run)
-            sup = Supervisor(
-                config,
-                state=state,
-                journal=journal,
-                kernel=FakeKernel(),
-                processes=FakeProcesses(),
-                networker=FakeNetworker(),
-                files=files,
-            )
-            await nursery.start(sup.run)
-            yield sup
-            nursery.cancel_scope.cancel()
-    finally:
-        log.close()
+from tests.unit.fakes import FakeKernel
+from tests.unit.test_supervisor import ORIGIN, make_config, running, spec
 
 
 async def paused_body(release: trio.Event) -> AsyncIterator[bytes]:
@@ -58,7 +27,7 @@ async def test_a_transfer_holds_off_the_grace_reaper(
     tmp_path: Path, autojump_clock: object
 ) -> None:
     files = FakeFiles()
-    async with running(tmp_path, files) as sup:
+    async with running(make_config(tmp_path), FakeKernel(), files=files) as (sup, _):
         await sup.create(spec(handle="g", grace_time=5), ORIGIN)
         release = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -78,7 +47,7 @@ async def test_a_transfer_holds_off_the_grace_reaper(
 
 async def test_destroy_cancels_waits_and_refuses(tmp_path: Path, autojump_clock: object) -> None:
     files = FakeFiles()
-    async with running(tmp_path, files) as sup:
+    async with running(make_config(tmp_path), FakeKernel(), files=files) as (sup, _):
         await sup.create(spec(handle="d"), ORIGIN)
         release = trio.Event()
         errors: list[BaseException] = []

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 import trio
 
+from garden.actors.ports import ContainerFiles
 from garden.actors.supervisor import Supervisor
 from garden.api import BindMount, ContainerSpec
 from garden.config import ServerConfig
@@ -41,8 +42,12 @@ def make_config(tmp_path: Path, **kw: object) -> ServerConfig:
 
 @asynccontextmanager
 async def running(
-    config: ServerConfig, kernel: FakeKernel, networker: FakeNetworker | None = None
+    config: ServerConfig,
+    kernel: FakeKernel,
+    networker: FakeNetworker | None = None,
+    files: ContainerFiles | None = None,
 ) -> AsyncIterator[tuple[Supervisor, EventLog]]:
+    """A supervisor on fakes and a real event log in the config's state dir."""
     if networker is None:
         networker = FakeNetworker()
     Path(config.state_dir).mkdir(parents=True, exist_ok=True)
@@ -59,6 +64,7 @@ async def running(
                 kernel=kernel,
                 processes=FakeProcesses(),
                 networker=networker,
+                files=files,
             )
             await nursery.start(sup.run)
             yield sup, log
