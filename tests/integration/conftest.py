@@ -26,6 +26,7 @@ from garden.linux import loop
 from garden.linux.cgroups import detect
 from garden.linux.net.netlink import list_links
 from garden.linux.rootfs import mounts_under
+from garden.linux.runtime import crun_refuses_host
 from garden.main import serve
 
 
@@ -36,6 +37,28 @@ def needs_root() -> None:
         pytest.skip("needs runc (scripts/setup.sh installs it)")
     if not Path(DEFAULT_ROOTFS, "bin", "busybox").exists():
         pytest.skip(f"needs the default rootfs at {DEFAULT_ROOTFS} (scripts/setup.sh builds it)")
+
+
+def runtime_binary() -> str:
+    """The OCI runtime a server with `--runtime auto` picks on this host (as probe_runtime)."""
+    crun = shutil.which("crun")
+    if crun is not None and crun_refuses_host() is None:
+        return crun
+    return shutil.which("runc") or "runc"
+
+
+def in_runtime(
+    state_dir: str | Path, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the server's OCI runtime on its own state (`<state>/runtime`), e.g. `exec CID ls`:
+    to look inside a container from outside the server."""
+    return subprocess.run(
+        [runtime_binary(), "--root", str(Path(state_dir, "runtime")), *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
 
 
 # State dirs of test servers live here, not under pytest's tmp dir: the mapped root of

@@ -12,20 +12,14 @@ import trio
 
 from garden.linux.cgroups import detect
 from garden.linux.rootfs import mounts_under
-from tests.integration.conftest import Server, leftovers
+from tests.integration.conftest import Server, in_runtime, leftovers
 
 pytestmark = pytest.mark.root
 
 
 def runc(server: Server, *args: str) -> subprocess.CompletedProcess[str]:
-    root = Path(server.config.state_dir, "runtime")
-    return subprocess.run(
-        ["runc", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=30,
-    )
+    """The server's runtime (runc or crun) on its state, e.g. `runc(server, "exec", cid, "ls")`."""
+    return in_runtime(server.config.state_dir, *args, timeout=30)
 
 
 def container_id(info: dict[str, object]) -> str:

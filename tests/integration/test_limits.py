@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from garden.linux.cgroups import detect
-from tests.integration.conftest import Server
+from tests.integration.conftest import Server, in_runtime, runtime_binary
 
 pytestmark = pytest.mark.root
 
@@ -20,21 +20,21 @@ CGROUP = Path("/sys/fs/cgroup")
 
 
 def runc(server: Server, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    root = Path(server.config.state_dir, "runtime")
-    return subprocess.run(
-        ["runc", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=timeout,
-    )
+    return in_runtime(server.config.state_dir, *args, timeout=timeout)
 
 
 def detached(server: Server, cid: str, *argv: str) -> None:
     """Start a process in the container and leave it running (no pipes held open)."""
-    root = Path(server.config.state_dir, "runtime")
     subprocess.run(
-        ["runc", "--root", str(root), "exec", "-d", cid, *argv],
+        [
+            runtime_binary(),
+            "--root",
+            f"{server.config.state_dir}/runtime",
+            "exec",
+            "-d",
+            cid,
+            *argv,
+        ],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import ServerProcess, leftovers
+from tests.integration.conftest import ServerProcess, in_runtime, leftovers
 
 pytestmark = pytest.mark.root
 
@@ -27,13 +27,7 @@ ALL_LIMITS = {
 
 
 def exec_in(sp: ServerProcess, cid: str, script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["runc", "--root", str(sp.state_dir / "runtime"), "exec", cid, "sh", "-c", script],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
+    return in_runtime(sp.state_dir, "exec", cid, "sh", "-c", script)
 
 
 def info(c: httpx.Client, handle: str) -> dict[str, Any]:
