@@ -2,7 +2,8 @@
 # Sets up everything garden-trio needs on a Debian/Ubuntu machine, as root:
 #   1. the Debian packages the server and its tests use,
 #   2. a virtualenv in <repo>/.venv with the project installed editable, with its dev tools,
-#   3. the default rootfs (busybox) in /usr/local/lib/garden/rootfs.
+#   3. the default rootfs (busybox) in /usr/local/lib/garden/rootfs,
+#   4. on a hybrid-cgroup host, unused cgroup2 controllers moved to v1 so that crun can run.
 # Every step checks first and does nothing when its work is already done, so a second run takes
 # about a second. Safe to run concurrently (a lock serialises runs).
 #
@@ -246,7 +247,34 @@ setup_rootfs() {
   log "rootfs: built $ROOTFS_DIR ($(du -sh "$ROOTFS_DIR" | cut -f1))"
 }
 
+# --- 4. cgroups: let crun run on a hybrid host ----------------------------------------------------
+# crun 1.8 refuses a hybrid host (v1 hierarchies plus a cgroup2 at unified/) whose cgroup2 holds
+# controllers; systemd often leaves one there unused (hugetlb). A controller that no cgroup2 group
+# enables can be given its own v1 hierarchy, as systemd would in hybrid mode: then cgroup2 holds
+# none, crun works, and `--runtime auto` picks it (docs/adr/crun-on-hybrid-hosts.md). Without this
+# step the server uses runc. Nothing else on the host changes; a reboot undoes it.
+
+free_cgroup2_controllers() {
+  local unified=/sys/fs/cgroup/unified controller held
+  [[ -f $unified/cgroup.controllers && ! -f /sys/fs/cgroup/cgroup.controllers ]] || return 0
+  held=$(<"$unified/cgroup.controllers")
+  [[ -n $held ]] || return 0
+  if [[ -n $(<"$unified/cgroup.subtree_control") ]]; then
+    log "cgroups: cgroup2 at $unified delegates controllers; leaving it (the server will use runc)"
+    return 0
+  fi
+  for controller in $held; do
+    if mkdir -p "/sys/fs/cgroup/$controller" 2>/dev/null \
+      && mount -t cgroup -o "$controller" cgroup "/sys/fs/cgroup/$controller" 2>/dev/null; then
+      log "cgroups: mounted the unused $controller controller as a v1 hierarchy (for crun)"
+    else
+      log "cgroups: could not move $controller off cgroup2; the server will use runc"
+    fi
+  done
+}
+
 install_packages
 setup_venv
 setup_rootfs
+free_cgroup2_controllers
 log "ready"

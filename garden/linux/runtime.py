@@ -154,16 +154,40 @@ def crun_refuses_host(cgroup_root: Path = Path("/sys/fs/cgroup")) -> str | None:
     return None
 
 
+# The runtime that made the containers under a --root; a later start keeps it while any remain
+# (runc and crun cannot read each other's state).
+CHOICE_FILE = ".garden-runtime"
+
+
+def recorded_choice(root: Path) -> str | None:
+    """The runtime recorded under `root`, if containers made by it are still there."""
+    try:
+        name = (root / CHOICE_FILE).read_text().strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if name not in ("runc", "crun"):
+        return None
+    with os.scandir(root) as it:
+        if any(e.is_dir(follow_symlinks=False) for e in it):
+            return name
+    return None
+
+
 async def probe_runtime(
     preference: RuntimeChoice,
     *,
     root: Path,
     cgroup_root: Path = Path("/sys/fs/cgroup"),
 ) -> Runtime:
-    """The runtime to use: "auto" picks crun where it works, else runc; an explicit choice
-    that cannot work here raises RuntimeFailedError saying why."""
+    """The runtime to use: "auto" picks crun where it works, else runc — but keeps the runtime
+    recorded under `root` while containers it made are there; an explicit choice that cannot
+    work here raises RuntimeFailedError saying why."""
     reasons: list[str] = []
-    names = ["crun", "runc"] if preference == "auto" else [preference]
+    if preference == "auto":
+        kept = recorded_choice(root)
+        names = [kept] if kept is not None else ["crun", "runc"]
+    else:
+        names = [preference]
     for name in names:
         binary = shutil.which(name)
         if binary is None:
@@ -184,5 +208,12 @@ async def probe_runtime(
             reasons.append(f"{name}: --version failed: {_stderr_text(result.stderr)}")
             continue
         os.makedirs(root, mode=0o700, exist_ok=True)
+        if recorded_choice(root) not in (None, name):
+            raise RuntimeFailedError(
+                f"choose OCI runtime ({preference})",
+                f"{root} holds containers made by {recorded_choice(root)}; {name} cannot manage "
+                "them (destroy them first, or run with that runtime)",
+            )
+        (root / CHOICE_FILE).write_text(name + "\n")
         return Runtime(binary, root, name=name)
     raise RuntimeFailedError(f"choose OCI runtime ({preference})", "; ".join(reasons))

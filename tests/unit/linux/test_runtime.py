@@ -84,3 +84,23 @@ async def test_failure_carries_stderr(tmp_path: Path) -> None:
     with pytest.raises(RuntimeFailedError) as info:
         await rt.start("c1")
     assert "sh start c1" in info.value.message
+
+
+async def test_auto_keeps_the_runtime_that_made_the_containers_still_there(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("crun") is None or shutil.which("runc") is None:
+        pytest.skip("needs both crun and runc installed")
+    cg = tmp_path / "cg"
+    cg.mkdir()
+    (cg / "cgroup.controllers").write_text("cpu memory\n")  # pure v2: crun would be picked
+    root = tmp_path / "r"
+    root.mkdir()
+    (root / "somecontainer").mkdir()
+    (root / ".garden-runtime").write_text("runc\n")
+    assert (await probe_runtime("auto", root=root, cgroup_root=cg)).name == "runc"
+    with pytest.raises(RuntimeFailedError, match="made by runc"):
+        await probe_runtime("crun", root=root, cgroup_root=cg)
+    (root / "somecontainer").rmdir()  # none left: auto is free to choose again
+    assert (await probe_runtime("auto", root=root, cgroup_root=cg)).name == "crun"
+    assert (root / ".garden-runtime").read_text() == "crun\n"
