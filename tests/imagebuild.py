@@ -56,7 +56,9 @@ def layer_tar(entries: list[Entry]) -> bytes:
     return buf.getvalue()
 
 
-def busybox_entries(applets: tuple[str, ...] = ("sh", "cat", "ls", "id", "pwd", "env")) -> list[Entry]:
+def busybox_entries(
+    applets: tuple[str, ...] = ("sh", "cat", "ls", "id", "pwd", "env"),
+) -> list[Entry]:
     """A minimal root: a static busybox, a few applets as symlinks, passwd/group."""
     data = Path(BUSYBOX).read_bytes()
     entries = [

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import final
 
+import trio
+
 from garden.actors.ports import ImageStore
 from garden.events import schema as ev
 from garden.events.journal import Journal
@@ -50,6 +52,7 @@ class ImageService:
         self.journal = journal
         self._pinned_layers: Counter[str] = Counter()
         self._pinned_images: Counter[str] = Counter()
+        self._saving: dict[str, trio.Lock] = {}  # one writer of each image's record
 
     async def recover(self) -> None:
         """At start-up: remove what a crashed unpack or copy left, and record it."""
@@ -102,7 +105,10 @@ class ImageService:
                     ),
                     origin=origin,
                 )
-        if not self.store.has_image(manifest.digest):
+        lock = self._saving.setdefault(manifest.digest, trio.Lock())
+        async with lock:
+            if self.store.has_image(manifest.digest):
+                return
             await self.store.save_image(manifest)
             await self.journal.record(
                 ev.ImageImported(

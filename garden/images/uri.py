@@ -88,11 +88,9 @@ def _check_path(path: str, value: str) -> None:
 
 
 def _split_tag(rest: str, value: str) -> tuple[str, str]:
-    """`/path/to/x[:tag]`: a tag follows the first colon after the last slash, so a
-    directory name may not hold a colon (use the form without a tag and a single image)."""
-    head, slash, last = rest.rpartition("/")
-    name, colon, tag = last.partition(":")
-    path = head + slash + name
+    """`/path/to/x[:tag]`: the tag follows the first colon, so the path may not hold one (a
+    docker archive's tag may hold `/` and `:`, as in `name/x:v1`)."""
+    path, colon, tag = rest.partition(":")
     _check_path(path, value)
     if path.rstrip("/") == "":
         raise InvalidRequestError(f"rootfs {value!r}: no path to an image")
