@@ -50,6 +50,7 @@ from garden.client.sync import USER_AGENT
 from garden.client.target import Target, token_from_env
 from garden.errors import ServerUnreachableError, UnexpectedResponseError
 from garden.events.schema import Record
+from garden.images.wire import ImagesReply, PruneReply
 
 if TYPE_CHECKING:
     from garden.client.aio_terminal import AsyncTerminal
@@ -181,6 +182,12 @@ class AsyncClient:
 
     async def openapi(self) -> dict[str, Any]:
         return await self._call(calls.openapi())
+
+    async def images(self) -> ImagesReply:
+        return await self._call(calls.images())
+
+    async def prune_images(self) -> PruneReply:
+        return await self._call(calls.prune_images())
 
     async def events(self, since: int = 0, *, follow: bool = False) -> AsyncEventStream:
         resp = await self._send(

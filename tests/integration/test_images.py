@@ -212,3 +212,19 @@ async def test_concurrent_creates_unpack_each_layer_once(server: Server, images_
     assert (status, out) == (0, "new\n")
     [img] = (await server.client.get("/images")).json()["images"]
     assert img["in_use"] == 20
+
+
+async def test_cli_import_list_prune(server: Server, images_dir: Path) -> None:
+    from tests.integration.test_cli import garden
+
+    write_docker_archive(images_dir / "img.tar", {"busy:v1": sample_image()})
+    ran = await garden(server, "images", "import", f"docker-archive://{images_dir}/img.tar")
+    assert ran.code == 0, ran.err
+    digest = ran.text.strip()
+    assert digest.startswith("sha256:")
+    ran = await garden(server, "images")
+    assert ran.code == 0 and "busy:v1" in ran.text and digest[7:19] in ran.text
+    ran = await garden(server, "images", "prune")
+    assert ran.code == 0 and "removed 1 images, 2 layers" in ran.text, ran.err
+    ran = await garden(server, "images", "import", f"oci://{images_dir}/absent")
+    assert ran.code == 1 and "ImageNotFoundError" in ran.err.decode()
