@@ -72,14 +72,16 @@ def _zstd(raw: IO[bytes]) -> Iterator[IO[bytes]]:
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
+    finished = False
     try:
         yield proc.stdout
         while proc.stdout.read(_BLOCK):
             pass
+        finished = True
     finally:
         proc.stdout.close()
-        if proc.poll() is None:
-            proc.kill()
+        if not finished:
+            proc.kill()  # the unpack failed: stop zstd (its output is no longer read)
         feeder.join()
         status = proc.wait()
     if status != 0:
