@@ -163,3 +163,16 @@ class LogCorruptError(Exception):
         self.path = path
         self.offset = offset
         self.reason = reason
+
+
+class ImageNotFoundError(GardenError):
+    """A rootfs image that is not where its URI says, or has no such tag."""
+
+    kind = "ImageNotFoundError"
+
+
+class InvalidImageError(InvalidRequestError):
+    """An image that cannot be used: unreadable manifest, a digest that does not match, a
+    layer member escaping its layer."""
+
+    kind = "InvalidImageError"

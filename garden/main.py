@@ -174,6 +174,7 @@ async def _serve(
                     processes=processes,
                     networker=networker,
                     files=files or LinuxFiles(),
+                    images=kernel.images if isinstance(kernel, LinuxContainers) else None,
                 )
                 await inner.start(supervisor.run)
                 tune_for_streaming()

@@ -42,6 +42,7 @@ from garden.api import (
     StopRequest,
 )
 from garden.events.schema import Record
+from garden.images.wire import ImagesReply, ImportLine, ImportRequest, PruneReply
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -411,13 +412,39 @@ ROUTES: tuple[Route, ...] = (
         "curl $GARDEN_TARGET/openapi.json",
         response=Body(JSON, None, "an OpenAPI 3.1 document"),
     ),
+    Route(
+        "GET",
+        "/images",
+        "the images and layers in the image store, with sizes and use counts",
+        "images",
+        "garden images",
+        response=Body(JSON, ImagesReply),
+    ),
+    Route(
+        "POST",
+        "/images",
+        "import an image into the store (NDJSON progress lines, then the image)",
+        "images",
+        "garden images import URI",
+        request=Body(JSON, ImportRequest),
+        response=Body(NDJSON, ImportLine, "progress lines, then {image} or {error}"),
+        errors=(400, 404),
+    ),
+    Route(
+        "POST",
+        "/images/prune",
+        "remove every image and layer that no container uses",
+        "images",
+        "garden images prune",
+        response=Body(JSON, PruneReply),
+    ),
 )
 
 STATUS_TEXT = {
     400: "bad request (InvalidRequestError)",
     401: "missing or wrong bearer token (UnauthorizedError)",
     403: "not allowed (PrivilegedContainersDisallowedError)",
-    404: "unknown container, process, property, file or executable",
+    404: "unknown container, process, property, file, executable or image",
     409: "conflicts with the current state (in use, stopped, overlapping)",
     413: "body over a configured limit (PayloadTooLargeError)",
     503: "capacity exhausted (CapacityExhaustedError)",

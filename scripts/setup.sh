@@ -21,6 +21,7 @@ readonly PACKAGES=(
   runc crun conmon catatonit        # OCI runtimes, per-process monitor, init for PID 1
   nftables iptables iproute2        # container networking
   busybox-static                    # the default rootfs
+  zstd                              # zstd-compressed image layers (docs/images.md)
   e2fsprogs util-linux              # loop-image disk limits (mkfs.ext4, losetup, mount)
   python3 python3-venv python3-dev  # the server itself
   git ca-certificates procps

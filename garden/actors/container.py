@@ -324,6 +324,10 @@ class ContainerActor:
                 )
             await self._process_kernel.cleanup(previous.facts)
             self.processes.forget(process_id)
+        if not spec.user and record.default_user:
+            spec = msgspec.structs.replace(spec, user=record.default_user)
+        if not spec.dir and record.default_dir:
+            spec = msgspec.structs.replace(spec, dir=record.default_dir)
         facts = await self._process_kernel.spawn(
             record.plan(),
             started,

@@ -8,13 +8,15 @@ calls. Actors never import `garden.linux` modules other than the plain data type
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Literal, Protocol
 
 import trio
 
 from garden.api import ProcessSpec
+from garden.images.model import ImageManifest, LayerRef, StoredImage, StoredLayer
+from garden.images.uri import ImageSource
 from garden.linux.plan import (
     Bandwidth,
     ContainerPlan,
@@ -218,4 +220,37 @@ class ContainerFiles(Protocol):
         self, plan: ContainerPlan, started: Started | None, *, path: str, user: str
     ) -> FileSource:
         """Open the file or directory at `path` (404 before any byte is sent when absent)."""
+        ...
+
+
+class ImageStore(Protocol):
+    """The content-addressed layer store (`garden/linux/images/store.py`): reading images,
+    unpacking their layers once each, and what is stored. `ImageNotFoundError` /
+    `InvalidImageError` for images that are not there or cannot be used."""
+
+    async def inspect(self, source: ImageSource) -> ImageManifest: ...
+
+    async def unpack(
+        self, source: ImageSource, layer: LayerRef, progress: Callable[[int], None] | None = None
+    ) -> StoredLayer | None:
+        """Make sure the layer is stored; the layer when this call unpacked it, None when it
+        was already there. Concurrent calls for one layer unpack it once."""
+        ...
+
+    def has_image(self, digest: str) -> bool: ...
+
+    def layers(self) -> list[StoredLayer]: ...
+
+    def images(self) -> list[StoredImage]: ...
+
+    async def save_image(self, manifest: ImageManifest) -> None: ...
+
+    def discard(self, image_digests: list[str], diff_ids: list[str]) -> None:
+        """Take them out of the store at once (no await); `empty_trash` deletes them."""
+        ...
+
+    async def empty_trash(self) -> None: ...
+
+    async def sweep(self) -> list[str]:
+        """Remove temp dirs a crash left; return their paths."""
         ...

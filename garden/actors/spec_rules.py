@@ -24,6 +24,7 @@ from garden.api import (
 )
 from garden.config import ServerConfig
 from garden.errors import InvalidRequestError, PrivilegedContainersDisallowedError
+from garden.images.uri import ImageSource, parse_rootfs
 
 MAX_PROPERTIES = 1024
 MAX_PROPERTY_BYTES = 64 * 1024
@@ -31,8 +32,10 @@ MAX_ENV_BYTES = 256 * 1024
 MAX_BIND_MOUNTS = 64
 
 
-def check_spec(spec: ContainerSpec, config: ServerConfig, *, allow_privileged: bool = True) -> str:
-    """Validate `spec`; return the host directory to use as the rootfs."""
+def check_spec(
+    spec: ContainerSpec, config: ServerConfig, *, allow_privileged: bool = True
+) -> str | ImageSource:
+    """Validate `spec`; return the host directory to use as the rootfs, or the image."""
     if spec.handle is not None:
         check_handle(spec.handle)
     if spec.privileged and not allow_privileged:
@@ -59,12 +62,16 @@ def check_spec(spec: ContainerSpec, config: ServerConfig, *, allow_privileged: b
             check_container_path(bm.src_path, "bind mount src_path")
     parse_network(spec.network, IPv4Network(config.network_pool))
     check_limits(spec.limits)
-    rootfs = spec.rootfs or config.default_rootfs
-    if rootfs.startswith("raw://"):
-        rootfs = rootfs[len("raw://") :]
-    if not os.path.isabs(rootfs) or not os.path.isdir(rootfs):
-        raise InvalidRequestError(f"rootfs {rootfs!r} is not a directory on the host")
-    return str(Path(rootfs).resolve())
+    rootfs = parse_rootfs(spec.rootfs or config.default_rootfs)
+    if isinstance(rootfs, ImageSource):
+        if rootfs.kind == "docker":
+            raise InvalidRequestError(
+                f"rootfs {rootfs.uri()}: registry images are not supported yet (docs/images.md)"
+            )
+        return rootfs
+    if not os.path.isdir(rootfs.path):
+        raise InvalidRequestError(f"rootfs {rootfs.path!r} is not a directory on the host")
+    return str(Path(rootfs.path).resolve())
 
 
 def _check_bandwidth(value: object) -> None:

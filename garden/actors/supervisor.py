@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from contextlib import AbstractAsyncContextManager, nullcontext
 from ipaddress import IPv4Address, IPv4Network
 from typing import final
 
@@ -32,9 +33,16 @@ from garden.actors.container import (
 )
 from garden.actors.files import FileService, Transfers
 from garden.actors.grace import GraceReaper
+from garden.actors.images import ImageService
 from garden.actors.net_rules import check_port, normalise_rule
 from garden.actors.pools import Address, Holding, NetworkPools, parse_network
-from garden.actors.ports import ContainerFiles, ContainerKernel, Networker, ProcessKernel
+from garden.actors.ports import (
+    ContainerFiles,
+    ContainerKernel,
+    ImageStore,
+    Networker,
+    ProcessKernel,
+)
 from garden.actors.processes import LiveProcess
 from garden.actors.spec_rules import check_property, check_spec
 from garden.api import (
@@ -60,6 +68,9 @@ from garden.errors import (
 from garden.events import schema as ev
 from garden.events.journal import Journal
 from garden.events.state import ContainerState, ServerState
+from garden.images.defaults import container_env, default_dir, default_user
+from garden.images.model import ImageManifest
+from garden.images.uri import ImageSource
 from garden.linux.plan import Bandwidth, ContainerStats, LiveNetwork, PortMap
 
 log = logging.getLogger("garden.supervisor")
@@ -79,6 +90,7 @@ class Supervisor:
         processes: ProcessKernel,
         networker: Networker,
         files: ContainerFiles | None = None,
+        images: ImageStore | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -90,6 +102,7 @@ class Supervisor:
         self.reaper = GraceReaper(self._expire)
         self.transfers = Transfers()
         self.files = FileService(self, files)
+        self.images = ImageService(images, state, journal) if images is not None else None
         self._actors: dict[str, ContainerActor] = {}
         self._reserved: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -99,6 +112,8 @@ class Supervisor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.images is not None:
+                await self.images.recover()
             await self._recover()
             nursery.start_soon(self.reaper.run)
             task_status.started()
@@ -228,34 +243,57 @@ class Supervisor:
         address = self.pools.subnets.allocate(handle, request)
         self._reserved.add(handle)
         try:
-            container_id = secrets.token_hex(8)
-            grace = (
-                spec.grace_time if spec.grace_time is not None else self.config.default_grace_time
-            )
-            await self.journal.record(
-                ev.ContainerCreateStarted(
-                    handle=handle,
-                    container_id=container_id,
-                    spec=spec,
-                    rootfs=rootfs,
-                    container_path=os.path.join(self.config.state_dir, "containers", container_id),
-                    cgroup_path=f"{self.config.cgroup_parent}/{container_id}",
-                    uid_base=None if spec.privileged else self.config.uid_base,
-                    grace_time=grace,
-                    env=list(spec.env),
-                    subnet=str(address.subnet),
-                    container_ip=str(address.container_ip),
-                    host_ip=str(address.host_ip),
-                ),
-                origin=origin,
-            )
-            with trio.CancelScope(shield=True):
-                await self._start_actor(handle, "create", origin)
+            async with self._image(rootfs, origin) as image:
+                container_id = secrets.token_hex(8)
+                grace = (
+                    spec.grace_time
+                    if spec.grace_time is not None
+                    else self.config.default_grace_time
+                )
+                cfg = image.config if image is not None else None
+                await self.journal.record(
+                    ev.ContainerCreateStarted(
+                        handle=handle,
+                        container_id=container_id,
+                        spec=spec,
+                        rootfs=rootfs if isinstance(rootfs, str) else rootfs.uri(),
+                        container_path=os.path.join(
+                            self.config.state_dir, "containers", container_id
+                        ),
+                        cgroup_path=f"{self.config.cgroup_parent}/{container_id}",
+                        uid_base=None if spec.privileged else self.config.uid_base,
+                        grace_time=grace,
+                        env=container_env(cfg.env, spec.env) if cfg else list(spec.env),
+                        subnet=str(address.subnet),
+                        container_ip=str(address.container_ip),
+                        host_ip=str(address.host_ip),
+                        image=image.digest if image is not None else "",
+                        layers=image.diff_ids if image is not None else [],
+                        default_user=default_user(cfg) if cfg else "",
+                        default_dir=default_dir(cfg) if cfg else "",
+                    ),
+                    origin=origin,
+                )
+                with trio.CancelScope(shield=True):
+                    await self._start_actor(handle, "create", origin)
         finally:
             if handle not in self.state.containers:
                 self.pools.subnets.release(handle)
             self._reserved.discard(handle)
         return handle
+
+    def _image(
+        self, rootfs: str | ImageSource, origin: ev.Origin
+    ) -> AbstractAsyncContextManager[ImageManifest | None]:
+        """The image of a create, in the store and pinned while the create records it."""
+        if isinstance(rootfs, str):
+            return nullcontext(None)
+        return self.image_service().use(rootfs, origin)
+
+    def image_service(self) -> ImageService:
+        if self.images is None:
+            raise InvalidRequestError("this server has no image store")
+        return self.images
 
     async def send(self, handle: str, command: AnyCommand) -> object:
         self.touch(handle)

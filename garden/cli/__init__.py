@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "limit": ("limits", "show or change a container's limit"),
     "net-in": ("network", "forward a host port to a container port"),
     "net-out": ("network", "allow a container's traffic to a denied network"),
+    "images": ("images", "list, import or prune the server's images (`images --help`)"),
 }
 # Options of the top-level parser that take a value (to find the command name in argv).
 _VALUE_OPTIONS = {"--target", "--token", "--timeout"}

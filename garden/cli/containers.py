@@ -98,7 +98,11 @@ def _create_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.set_defaults(func=create)
     p.add_argument("--handle", help="default: the server makes one")
-    p.add_argument("--rootfs", metavar="DIR", help="host directory: the read-only lower layer")
+    p.add_argument(
+        "--rootfs",
+        metavar="DIR|URI",
+        help="host directory (the read-only lower layer) or image URI (docs/images.md)",
+    )
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument(
         "-v",

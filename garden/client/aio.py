@@ -50,6 +50,7 @@ from garden.client.sync import USER_AGENT
 from garden.client.target import Target, token_from_env
 from garden.errors import ServerUnreachableError, UnexpectedResponseError
 from garden.events.schema import Record
+from garden.images.wire import ImagesReply, ImportLine, PruneReply
 
 if TYPE_CHECKING:
     from garden.client.aio_terminal import AsyncTerminal
@@ -181,6 +182,28 @@ class AsyncClient:
 
     async def openapi(self) -> dict[str, Any]:
         return await self._call(calls.openapi())
+
+    async def images(self) -> ImagesReply:
+        return await self._call(calls.images())
+
+    async def prune_images(self) -> PruneReply:
+        return await self._call(calls.prune_images())
+
+    async def import_image(self, rootfs: str) -> list[ImportLine]:
+        """`POST /images`: every line of the answer (progress, then the image or an error)."""
+        resp = await self._send(
+            "POST",
+            "/images",
+            calls.import_image_body(rootfs),
+            content_type=JSON,
+            accept=NDJSON,
+            streaming=True,
+        )
+        try:
+            return [calls.decode_import_line(line) async for line in _lines(resp) if line.strip()]
+        finally:
+            with trio.CancelScope(shield=True):
+                await resp.aclose()
 
     async def events(self, since: int = 0, *, follow: bool = False) -> AsyncEventStream:
         resp = await self._send(

@@ -31,6 +31,7 @@ from garden.api import (
     StopRequest,
     Wire,
 )
+from garden.images.wire import ImagesReply, ImportLine, ImportRequest, PruneReply
 
 T = TypeVar("T")
 L = TypeVar("L", bound=Wire)
@@ -240,3 +241,22 @@ def files_path(handle: str, *, destination: str = "", source: str = "") -> str:
 def events_path(since: int, follow: bool) -> str:
     pairs = [("since", str(since))] + ([("follow", "true")] if follow else [])
     return "/events" + query_string(pairs)
+
+
+# --- images (docs/images.md) ---
+
+
+def images() -> Call[ImagesReply]:
+    return Call("GET", "/images", _json(ImagesReply))
+
+
+def prune_images() -> Call[PruneReply]:
+    return Call("POST", "/images/prune", _json(PruneReply))
+
+
+def import_image_body(rootfs: str) -> bytes:
+    """The body of `POST /images`, whose answer streams `ImportLine`s (NDJSON)."""
+    return _encoder.encode(ImportRequest(rootfs=rootfs))
+
+
+decode_import_line = _json(ImportLine)

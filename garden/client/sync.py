@@ -41,6 +41,7 @@ from garden.client.http11 import Body, Pool, Response
 from garden.client.streams import Collected, Output, ProcessResult, StreamState
 from garden.client.target import Target, token_from_env
 from garden.errors import UnexpectedResponseError
+from garden.images.wire import ImagesReply, ImportLine, PruneReply
 
 if TYPE_CHECKING:
     from garden.client.terminal import Terminal
@@ -149,6 +150,34 @@ class Client:
         """`GET /events`: the event log from `since` on; with `follow`, then live."""
         resp = self._send("GET", calls.events_path(since, follow), accept=NDJSON, streaming=True)
         return EventStream(resp)
+
+    # --- images ---
+
+    def images(self) -> ImagesReply:
+        """`GET /images`: the images and layers in the server's store."""
+        return self._call(calls.images())
+
+    def prune_images(self) -> PruneReply:
+        """`POST /images/prune`: remove every image and layer no container uses."""
+        return self._call(calls.prune_images())
+
+    def import_image(self, rootfs: str) -> Iterator[ImportLine]:
+        """`POST /images`: progress lines while the server imports the image, then one with
+        `image` (or `error`, for a failure after the import began)."""
+        resp = self._send(
+            "POST",
+            "/images",
+            calls.import_image_body(rootfs),
+            content_type=JSON,
+            accept=NDJSON,
+            streaming=True,
+        )
+        try:
+            for line in resp.iter_lines():
+                if line.strip():
+                    yield calls.decode_import_line(line)
+        finally:
+            resp.close()
 
     # --- containers ---
 

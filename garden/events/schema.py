@@ -39,6 +39,13 @@ class ContainerCreateStarted(Event, tag=True, frozen=True):
     subnet: str = ""
     container_ip: str = ""
     host_ip: str = ""
+    # A rootfs from an image: its digest, its layers in the image store (diff ids, bottom
+    # first) and the defaults its config gives processes (docs/images.md). `env` above
+    # already holds the image's env under the client's.
+    image: str = ""
+    layers: list[str] = []
+    default_user: str = ""
+    default_dir: str = ""
 
 
 class ContainerCreated(Event, tag=True, frozen=True):
@@ -150,6 +157,32 @@ class ResourceSwept(Event, tag=True, frozen=True):
     name: str
 
 
+class LayerUnpacked(Event, tag=True, frozen=True):
+    """A layer was unpacked (and verified) into the image store, under its diff id."""
+
+    diff_id: str
+    size: int
+    inodes: int = 0
+    image: str = ""  # the image whose import unpacked it
+    source: str = ""
+
+
+class ImageImported(Event, tag=True, frozen=True):
+    """An image's record was written to the store (first use, or its tags changed)."""
+
+    digest: str
+    source: str
+    tags: list[str] = []
+    layers: list[str] = []
+
+
+class ImagesPruned(Event, tag=True, frozen=True):
+    """Images and layers that no container used were removed from the store."""
+
+    images: list[str] = []
+    layers: list[str] = []
+
+
 class ServerStarted(Event, tag=True, frozen=True):
     version: str
     pid: int
@@ -174,6 +207,9 @@ AnyEvent = (
     | BandwidthLimitSet
     | ResourceSwept
     | ServerStarted
+    | LayerUnpacked
+    | ImageImported
+    | ImagesPruned
 )
 
 

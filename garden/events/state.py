@@ -64,6 +64,10 @@ class ContainerState(msgspec.Struct, frozen=True, kw_only=True):
     bandwidth: Bandwidth | None = None
     # memory, cpu, disk and pids limits in force (bandwidth is above); None is "no limit"
     limits: Limits = Limits()
+    image: str = ""  # digest of the image of its rootfs ("" for a host directory)
+    layers: list[str] = []  # the image's layers in the store, bottom first
+    default_user: str = ""  # for processes that name none ("" = Garden's root/vcap rule)
+    default_dir: str = ""  # for processes that name none ("" = the user's home)
 
     def network(self) -> NetworkPlan | None:
         if not self.subnet:
@@ -106,6 +110,7 @@ class ContainerState(msgspec.Struct, frozen=True, kw_only=True):
             network=self.network(),
             resources=lim.resource_limits(self.limits),
             disk=lim.disk_quota(self.limits.disk) if self.has_own_layer else None,
+            layers=list(self.layers),
         )
 
     @property
@@ -155,11 +160,21 @@ def evolve(state: ServerState, record: ev.Record) -> None:
                 host_ip=event.host_ip,
                 bandwidth=_create_time_bandwidth(event.spec),
                 limits=lim.normalize(event.spec.limits),
+                image=event.image,
+                layers=event.layers,
+                default_user=event.default_user,
+                default_dir=event.default_dir,
             )
         case ev.ContainerCreateFailed() | ev.ContainerDestroyed():
             containers.pop(event.handle, None)
-        case ev.ServerStarted() | ev.ResourceSwept():
-            pass
+        case (
+            ev.ServerStarted()
+            | ev.ResourceSwept()
+            | ev.LayerUnpacked()
+            | ev.ImageImported()
+            | ev.ImagesPruned()
+        ):
+            pass  # the image store is on disk (garden/linux/images/store.py)
         case _:
             current = containers.get(event.handle)
             if current is not None:

@@ -21,6 +21,7 @@ from garden.http import (
     routes,
     routes_events,
     routes_files,
+    routes_images,
     routes_limits,
     routes_metrics,
     routes_net,
@@ -116,6 +117,7 @@ def create_app(supervisor: Supervisor) -> QuartTrio:
     routes_metrics.register(app, supervisor)
     routes_files.register(app, supervisor)
     routes_openapi.register(app, supervisor)
+    routes_images.register(app, supervisor)
     return app
 
 

@@ -14,6 +14,7 @@ STATUS: dict[type[e.GardenError], int] = {
     e.PropertyNotFoundError: 404,
     e.FileNotFoundInContainerError: 404,
     e.ExecutableNotFoundError: 404,
+    e.ImageNotFoundError: 404,
     e.RouteNotFoundError: 404,
     e.MethodNotAllowedError: 405,
     e.HandleInUseError: 409,

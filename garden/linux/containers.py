@@ -33,6 +33,7 @@ from garden.errors import CgroupError, ConflictError, GardenError, KernelError
 from garden.linux import oci
 from garden.linux.cgroups import Cgroups
 from garden.linux.disk import LayerQuota, LoopImageQuota
+from garden.linux.images.store import LayerStore
 from garden.linux.layer_usage import upper_usage
 from garden.linux.plan import (
     ContainerPlan,
@@ -103,6 +104,7 @@ class LinuxContainers:
         use_run: bool = True,
         disk: LayerQuota | None = None,
         trash: Trash | None = None,
+        images: LayerStore | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.containers_dir = self.state_dir / "containers"
@@ -115,6 +117,7 @@ class LinuxContainers:
         self.use_run = use_run  # `run -d` (one runtime call) instead of `create` + `start`
         self.disk: LayerQuota = disk if disk is not None else LoopImageQuota()
         self.trash = trash  # where bundles go to be deleted after the answer (None: at once)
+        self.images = images if images is not None else LayerStore(self.state_dir / "images")
         self._parents_ready: set[str] = set()
         self._swap_accounting: dict[str, bool] = {}
         self._allowed_caps = oci.caps_from_mask(capability_bounding_mask())
@@ -133,7 +136,7 @@ class LinuxContainers:
         cpath = Path(plan.container_path)
         cid = plan.container_id
         async with contextlib.AsyncExitStack() as undo:
-            lower = await prepare_lower(Path(plan.rootfs), plan.uid_base, self.cache_dir)
+            lower = await self._lower(plan)
             self._make_container_dir(cpath)
             undo.push_async_callback(self._undo, "remove dir", remove_tree, cpath, self.trash)
             layer = None
@@ -169,6 +172,13 @@ class LinuxContainers:
             undo.pop_all()
             return started
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _lower(self, plan: ContainerPlan) -> Path | list[Path]:
+        """The overlay's lower dirs: the image's layers from the store, else the rootfs dir
+        (each shifted to the container's uid base when unprivileged)."""
+        if plan.layers:
+            return await self.images.lower_dirs(plan.layers, plan.uid_base)
+        return await prepare_lower(Path(plan.rootfs), plan.uid_base, self.cache_dir)
 
     async def destroy(self, plan: ContainerPlan) -> None:
         await self._release(plan.container_id, Path(plan.container_path), plan.cgroup_path)

@@ -115,6 +115,9 @@ class ContainerPlan(msgspec.Struct, frozen=True, kw_only=True):
     # Hard limits of the writable layer; not None iff the container was created with a disk
     # limit, so its upper layer lives on a filesystem of its own (decided at create).
     disk: DiskQuota | None = None
+    # Diff ids of the image layers (bottom first) in the image store; empty: `rootfs` is a
+    # host directory.
+    layers: list[str] = []
 
 
 class Started(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
@@ -80,7 +81,7 @@ async def prepare_lower(rootfs: Path, uid_base: int | None, cache_dir: Path) -> 
             )
             if result.returncode != 0:
                 raise MountError(f"copy rootfs {rootfs}", result.stderr.decode(errors="replace"))
-            await trio.to_thread.run_sync(_shift_owners, tmp, uid_base)
+            await trio.to_thread.run_sync(shift_owners, tmp, uid_base)
             try:
                 os.rename(tmp, dest)
             except OSError as e:
@@ -93,11 +94,17 @@ async def prepare_lower(rootfs: Path, uid_base: int | None, cache_dir: Path) -> 
     return dest
 
 
-def _shift_owners(top: Path, base: int) -> None:
-    """lchown every entry by +base; chown clears setuid/setgid, so restore the mode after."""
+def shift_owners(top: Path, base: int) -> None:
+    """lchown every entry by +base; chown clears setuid/setgid, so restore the mode after.
+    An inode with several hardlinks is shifted once."""
+    seen: set[int] = set()
 
     def shift(p: str) -> None:
         st = os.lstat(p)
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            if st.st_ino in seen:
+                return
+            seen.add(st.st_ino)
         os.lchown(p, st.st_uid + base, st.st_gid + base)
         if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
             os.chmod(p, stat.S_IMODE(st.st_mode))
@@ -116,7 +123,7 @@ def _check_option_path(p: Path) -> str:
 
 
 def _mount_overlay_sync(
-    lower: Path, container_path: Path, uid_base: int | None, layer: Path | None
+    lowers: Sequence[Path], container_path: Path, uid_base: int | None, layer: Path | None
 ) -> Path:
     owner = uid_base if uid_base is not None else 0
     layer = layer if layer is not None else container_path
@@ -124,9 +131,9 @@ def _mount_overlay_sync(
     for d in (upper, work, merged):
         d.mkdir(mode=0o755, exist_ok=True)
     os.chown(upper, owner, owner)
-    os.chmod(upper, stat.S_IMODE(os.stat(lower).st_mode) or 0o755)
+    os.chmod(upper, stat.S_IMODE(os.stat(lowers[0]).st_mode) or 0o755)
     for name, (is_dir, mode) in _MOUNTPOINTS.items():
-        if os.path.lexists(lower / name) or os.path.lexists(upper / name):
+        if os.path.lexists(upper / name) or any(os.path.lexists(lo / name) for lo in lowers):
             continue
         if is_dir:
             (upper / name).mkdir()
@@ -134,12 +141,16 @@ def _mount_overlay_sync(
             (upper / name).touch()
         os.chmod(upper / name, mode)
         os.lchown(upper / name, owner, owner)
+    lowerdir = ":".join(_check_option_path(lo) for lo in lowers)
     options = (
-        f"lowerdir={_check_option_path(lower)},upperdir={_check_option_path(upper)},"
+        f"lowerdir={lowerdir},upperdir={_check_option_path(upper)},"
         f"workdir={_check_option_path(work)},index=off"
     )
     if len(options) > _MAX_OPTIONS:
-        raise MountError(f"mount overlay on {merged}", "paths too long for mount options")
+        raise MountError(
+            f"mount overlay on {merged}",
+            f"{len(lowers)} lower layers: their paths are too long for one page of mount options",
+        )
     if _mount(b"overlay", str(merged).encode(), b"overlay", 0, options.encode()) != 0:
         err = ctypes.get_errno()
         raise MountError(f"mount overlay on {merged} ({options})", os.strerror(err))
@@ -147,14 +158,19 @@ def _mount_overlay_sync(
 
 
 async def mount_overlay(
-    lower: Path, container_path: Path, uid_base: int | None, layer: Path | None = None
+    lower: Path | Sequence[Path],
+    container_path: Path,
+    uid_base: int | None,
+    layer: Path | None = None,
 ) -> Path:
-    """Mount the container's overlay at `container_path/rootfs` and return that path. Its
-    upper/ and work/ go in `layer` (a filesystem of the container's own when it has a disk
-    limit), by default in `container_path`."""
+    """Mount the container's overlay at `container_path/rootfs` and return that path. `lower`
+    is one directory or several (an image's layers, top first). Its upper/ and work/ go in
+    `layer` (a filesystem of the container's own when it has a disk limit), by default in
+    `container_path`."""
+    lowers = [lower] if isinstance(lower, Path) else list(lower)
     try:
         return await trio.to_thread.run_sync(
-            _mount_overlay_sync, lower, container_path, uid_base, layer
+            _mount_overlay_sync, lowers, container_path, uid_base, layer
         )
     except OSError as e:
         raise MountError(f"prepare overlay in {container_path}", e) from e

@@ -147,6 +147,11 @@ def leftovers(config: ServerConfig, settle: float = 5.0) -> list[str]:
     if containers.exists():
         found += [f"dir {d}" for d in containers.iterdir()]
     found += [f"loop {dev} {file}" for dev, file in loop.backed_under(containers).items()]
+    images = Path(config.state_dir, "images")
+    found += [f"mount {m}" for m in mounts_under(images)]
+    found += [f"image temp {p}" for p in images.glob("**/.tmp-*")] if images.exists() else []
+    trash = images / "trash"
+    found += [f"image trash {p}" for p in trash.iterdir()] if trash.exists() else []
     runtime_root = Path(config.state_dir, "runtime")
     if runtime_root.exists():
         found += [f"runtime {d.name}" for d in runtime_root.iterdir() if d.is_dir()]

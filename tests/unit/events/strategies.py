@@ -102,6 +102,10 @@ EVENTS: dict[type, st.SearchStrategy[s.AnyEvent]] = {
         subnet=text,
         container_ip=text,
         host_ip=text,
+        image=text,
+        layers=st.lists(text, max_size=3),
+        default_user=text,
+        default_dir=text,
     ),
     s.ContainerCreated: st.builds(s.ContainerCreated, handle=text, pid=ints, pid_start_time=ints),
     s.ContainerCreateFailed: st.builds(s.ContainerCreateFailed, handle=text, reason=text),
@@ -134,6 +138,19 @@ EVENTS: dict[type, st.SearchStrategy[s.AnyEvent]] = {
     s.BandwidthLimitSet: st.builds(s.BandwidthLimitSet, handle=text, rate=ints, burst=ints),
     s.ResourceSwept: st.builds(s.ResourceSwept, kind=text, name=text),
     s.ServerStarted: st.builds(s.ServerStarted, version=text, pid=ints),
+    s.LayerUnpacked: st.builds(
+        s.LayerUnpacked, diff_id=text, size=ints, inodes=ints, image=text, source=text
+    ),
+    s.ImageImported: st.builds(
+        s.ImageImported,
+        digest=text,
+        source=text,
+        tags=st.lists(text, max_size=2),
+        layers=st.lists(text, max_size=3),
+    ),
+    s.ImagesPruned: st.builds(
+        s.ImagesPruned, images=st.lists(text, max_size=2), layers=st.lists(text, max_size=3)
+    ),
 }
 assert set(EVENTS) == set(get_args(s.AnyEvent)), "add a strategy for the new event type"
 

@@ -1,0 +1,98 @@
+"""Benchmark of creates from an image already in the store against creates from a host
+directory (the issue's bar: within 1.2x). Both unprivileged (shifted lower layers cached),
+the same busybox files; the image is a two-layer OCI layout built here.
+
+    sudo .venv/bin/python -m bench.images_bench [--n 30] [--json]
+
+Starts its own in-process server (own state dir and tag), imports the image once, then
+alternates create+destroy of each kind so that load on this shared machine hits both alike.
+Reports the median create time of each and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from garden.config import DEFAULT_ROOTFS, ServerConfig
+from garden.main import serve
+from tests.imagebuild import Entry, Image, busybox_entries, layer_tar, write_oci_layout
+
+TEST_ROOT = Path("/var/tmp/garden-bench")
+
+
+async def _timed_create(client: httpx.AsyncClient, rootfs: str) -> float:
+    start = time.perf_counter()
+    r = await client.post("/containers", json={"rootfs": rootfs})
+    took = time.perf_counter() - start
+    assert r.status_code == 200, r.text
+    d = await client.delete(f"/containers/{r.json()['handle']}")
+    assert d.status_code == 200, d.text
+    return took
+
+
+async def run(n: int = 30) -> dict[str, Any]:
+    work = TEST_ROOT / secrets.token_hex(4)
+    work.mkdir(parents=True, mode=0o711)
+    TEST_ROOT.chmod(0o711)
+    try:
+        image = Image(
+            [layer_tar(busybox_entries()), layer_tar([Entry("etc/motd", data=b"hi\n")])],
+            env=["PATH=/bin"],
+        )
+        write_oci_layout(work / "layout", {"v1": image})
+        uri = f"oci://{work}/layout:v1"
+        config = ServerConfig(
+            state_dir=str(work / "state"),
+            bind_port=0,
+            tag="b" + secrets.token_hex(3),
+            handle_signals=False,
+            network_pool="10.250.0.0/22",
+            ip_forward=False,
+        )
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(serve, config)
+            async with httpx.AsyncClient(base_url=binds[0], timeout=60) as client:
+                await _timed_create(client, uri)  # import + shifted copies
+                await _timed_create(client, DEFAULT_ROOTFS)  # shifted copy of the dir
+                image_s, dir_s = [], []
+                for _ in range(n):
+                    image_s.append(await _timed_create(client, uri))
+                    dir_s.append(await _timed_create(client, DEFAULT_ROOTFS))
+            nursery.cancel_scope.cancel()
+        med_image, med_dir = statistics.median(image_s), statistics.median(dir_s)
+        return {
+            "n": n,
+            "create_image_ms": round(med_image * 1000, 1),
+            "create_dir_ms": round(med_dir * 1000, 1),
+            "ratio": round(med_image / med_dir, 3),
+            "bar": 1.2,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=30)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = trio.run(run, args.n)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:18} {v}")
+
+
+if __name__ == "__main__":
+    main()
