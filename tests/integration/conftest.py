@@ -5,7 +5,6 @@ check after every test that nothing of that tag is left in the kernel."""
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import secrets
 import shutil
@@ -22,10 +21,10 @@ import pytest
 import trio
 
 from garden.config import DEFAULT_ROOTFS, ServerConfig
-from garden.linux import loop
 from garden.linux.cgroups import detect
+from garden.linux.leftovers import leftovers as find_leftovers
+from garden.linux.leftovers import nft_leftovers as nft_leftovers
 from garden.linux.net.netlink import list_links
-from garden.linux.rootfs import mounts_under
 from garden.linux.runtime import crun_refuses_host
 from garden.main import serve
 
@@ -101,61 +100,16 @@ def our_links(tag: str) -> list[str]:
     return list_links(tag)
 
 
-def nft_leftovers(tag: str, pool: str) -> list[str]:
-    """Per-container state in our nftables table: map elements, chains of holes, subnets
-    other than the pool."""
-    proc = subprocess.run(
-        ["nft", "-j", "list", "table", "ip", tag], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        return []  # no table: nothing of ours
-    found: list[str] = []
-    for item in json.loads(proc.stdout)["nftables"]:
-        if "chain" in item and item["chain"]["name"].startswith("out_"):
-            found.append(f"nft chain {item['chain']['name']}")
-        for kind in ("map", "set"):
-            if kind not in item:
-                continue
-            obj = item[kind]
-            elems = obj.get("elem", [])
-            if obj["name"] == "subnets":
-                elems = [e for e in elems if e != {"prefix": _prefix(pool)}]
-            if obj["name"] != "deny" and elems:
-                found.append(f"nft {kind} {obj['name']}: {elems}")
-    return found
-
-
-def _prefix(cidr: str) -> dict[str, object]:
-    net = ipaddress.IPv4Network(cidr)
-    return {"addr": str(net.network_address), "len": net.prefixlen}
-
-
 def leftovers(config: ServerConfig, settle: float = 5.0) -> list[str]:
-    """Every kernel resource and file of this server's tag that still exists. A container's
-    veth goes away with its network namespace, which the kernel cleans up asynchronously
-    after the last process died: links get up to `settle` seconds to go (nothing to await)."""
-    found: list[str] = []
-    deadline = time.monotonic() + settle
-    while (links := our_links(config.tag)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    found += [f"link {n}" for n in links]
-    found += nft_leftovers(config.tag, config.network_pool)
-    cg = detect()
-    found += [f"cgroup {c}" for c in cg.children(config.cgroup_parent)]
-    containers = Path(config.state_dir, "containers")
-    found += [f"mount {m}" for m in mounts_under(containers)]
-    if containers.exists():
-        found += [f"dir {d}" for d in containers.iterdir()]
-    found += [f"loop {dev} {file}" for dev, file in loop.backed_under(containers).items()]
-    images = Path(config.state_dir, "images")
-    found += [f"mount {m}" for m in mounts_under(images)]
-    found += [f"image temp {p}" for p in images.glob("**/.tmp-*")] if images.exists() else []
-    trash = images / "trash"
-    found += [f"image trash {p}" for p in trash.iterdir()] if trash.exists() else []
-    runtime_root = Path(config.state_dir, "runtime")
-    if runtime_root.exists():
-        found += [f"runtime {d.name}" for d in runtime_root.iterdir() if d.is_dir()]
-    return found
+    """Every kernel resource and file of this server's tag that still exists
+    (`garden.linux.leftovers`, shared with `just load`)."""
+    return find_leftovers(
+        tag=config.tag,
+        state_dir=Path(config.state_dir),
+        network_pool=config.network_pool,
+        cgroup_parent=config.cgroup_parent,
+        settle=settle,
+    )
 
 
 async def force_cleanup(config: ServerConfig) -> None:
