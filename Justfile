@@ -73,3 +73,8 @@ check:
 # Run the benchmarks (python -m bench); extra args go to it
 bench *args:
     "{{ bin }}/python" -m bench "$@"
+
+# Load test (as root): N clients for D minutes against a server of its own, then leak checks;
+# e.g. `just load -c 4 -s 60`. See docs/operations.md#load-test
+load *args:
+    "{{ bin }}/python" -m bench.load "$@"
