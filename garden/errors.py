@@ -8,6 +8,8 @@ was tried.
 
 from __future__ import annotations
 
+import errno
+
 
 class GardenError(Exception):
     """Base of every error a client may see."""
@@ -105,6 +107,13 @@ class CapacityExhaustedError(GardenError):
     kind = "CapacityExhaustedError"
 
 
+class InsufficientStorageError(GardenError):
+    """The server's own disk (the state dir: event log, bundles, process logs) is full, as
+    opposed to a container's disk limit (`DiskLimitExceededError`)."""
+
+    kind = "InsufficientStorageError"
+
+
 class ServiceUnavailableError(GardenError):
     """The server is shutting down or the container's actor is gone."""
 
@@ -121,6 +130,8 @@ class KernelError(InternalError):
     def __init__(self, what: str, cause: BaseException | str, *, handle: str = "") -> None:
         super().__init__(f"{what}: {cause}", handle=handle)
         self.what = what
+        if isinstance(cause, BaseException) and self.__cause__ is None:
+            self.__cause__ = cause  # so `exhaustion_of` sees an ENOSPC/EMFILE behind it
 
 
 class CgroupError(KernelError):
@@ -133,6 +144,40 @@ class MountError(KernelError):
 
 class RuntimeFailedError(KernelError):
     """The OCI runtime binary (runc/crun) failed; the message carries its stderr."""
+
+
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def _errno_behind(exc: BaseException) -> int | None:
+    """The errno of the first `OSError` in `exc`'s chain of causes (and contexts)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current.errno
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def exhaustion_of(exc: BaseException) -> GardenError | None:
+    """The error to answer when `exc` is, at heart, the server running out of something that
+    comes back (its disk, its file descriptors), instead of a bare `InternalError`; else None.
+    A `GardenError` that is not an `InternalError` already says what happened: kept."""
+    if isinstance(exc, GardenError) and not isinstance(exc, InternalError):
+        return None
+    code = _errno_behind(exc)
+    message = exc.message if isinstance(exc, GardenError) else f"{type(exc).__name__}: {exc}"
+    handle = exc.handle if isinstance(exc, GardenError) else ""
+    if code in _STORAGE_ERRNOS:
+        return InsufficientStorageError(f"the server's disk is full: {message}", handle=handle)
+    if code in _DESCRIPTOR_ERRNOS:
+        return ServiceUnavailableError(
+            f"the server is out of file descriptors: {message}", handle=handle
+        )
+    return None
 
 
 # --- raised only by the client (garden.client): failures that have no wire `type` ---

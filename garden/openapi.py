@@ -175,7 +175,7 @@ ROUTES: tuple[Route, ...] = (
         "garden create [--handle H] [--rootfs DIR] ...",
         request=Body(JSON, ContainerSpec),
         response=Body(JSON, HandleReply),
-        errors=(400, 403, 409, 503),
+        errors=(400, 403, 409, 503, 507),
     ),
     Route(
         "GET",
@@ -447,8 +447,10 @@ STATUS_TEXT = {
     404: "unknown container, process, property, file, executable or image",
     409: "conflicts with the current state (in use, stopped, overlapping)",
     413: "body over a configured limit (PayloadTooLargeError)",
-    503: "capacity exhausted (CapacityExhaustedError)",
-    507: "the container's disk limit is reached (DiskLimitExceededError)",
+    503: "capacity exhausted (CapacityExhaustedError), or the server is out of file descriptors"
+    " or shutting down (ServiceUnavailableError)",
+    507: "the container's disk limit is reached (DiskLimitExceededError), or the server's own"
+    " disk is full (InsufficientStorageError)",
 }
 
 

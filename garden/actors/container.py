@@ -189,9 +189,9 @@ class ContainerActor:
                         reply.fail(exc)
                     except Exception as exc:
                         log.exception("command-failed handle=%s command=%r", self.handle, command)
-                        reply.fail(
-                            InternalError(f"{type(exc).__name__}: {exc}", handle=self.handle)
-                        )
+                        error = InternalError(f"{type(exc).__name__}: {exc}", handle=self.handle)
+                        error.__cause__ = exc
+                        reply.fail(error)
                     if self._destroyed:
                         nursery.cancel_scope.cancel()
                         break

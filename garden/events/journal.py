@@ -208,7 +208,9 @@ class Journal:
         except (OSError, ValueError) as exc:
             self._errors += 1
             for pending in batch:
-                pending.fail(InternalError(f"event log write failed: {exc}"))
+                error = InternalError(f"event log write failed: {exc}")
+                error.__cause__ = exc  # an ENOSPC is answered 507 (garden.errors.exhaustion_of)
+                pending.fail(error)
             return
         for record in records:
             faults.reached(f"record:{type(record.event).__name__}")

@@ -102,6 +102,10 @@ def create_app(supervisor: Supervisor) -> QuartTrio:
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
+        exhausted = e.exhaustion_of(error)
+        if exhausted is not None:
+            log.warning("exhausted request_id=%s: %s", g.get("request_id", ""), exhausted.message)
+            return error_response(exhausted)
         correlation = g.get("request_id", "") or secrets.token_hex(8)
         log.error("internal-error request_id=%s", correlation, exc_info=error)
         return error_response(

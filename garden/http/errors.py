@@ -25,6 +25,7 @@ STATUS: dict[type[e.GardenError], int] = {
     e.SubnetOverlapError: 409,
     e.PayloadTooLargeError: 413,
     e.DiskLimitExceededError: 507,
+    e.InsufficientStorageError: 507,
     e.CapacityExhaustedError: 503,
     e.ServiceUnavailableError: 503,
     e.InternalError: 500,
@@ -36,6 +37,13 @@ def status_of(error: e.GardenError) -> int:
         if cls in STATUS:
             return STATUS[cls]
     return 500
+
+
+def classify(error: e.GardenError) -> e.GardenError:
+    """An `InternalError` caused by the server running out of disk or descriptors becomes
+    `InsufficientStorageError` (507) or `ServiceUnavailableError` (503): the client may retry
+    once the operator freed some. Anything else is answered as it is."""
+    return e.exhaustion_of(error) or error
 
 
 def body_of(error: e.GardenError) -> ErrorBody:

@@ -9,7 +9,7 @@ from quart import Response, g, request
 from garden import errors as e
 from garden.api import decode_request, encode
 from garden.events.schema import Origin
-from garden.http.errors import body_of, status_of
+from garden.http.errors import body_of, classify, status_of
 
 T = TypeVar("T")
 
@@ -19,6 +19,7 @@ def json_response(obj: object, status: int = 200) -> Response:
 
 
 def error_response(error: e.GardenError) -> Response:
+    error = classify(error)
     return json_response(body_of(error), status_of(error))
 
 
