@@ -94,7 +94,8 @@ def leftovers(
     found = [f"link {n}" for n in list_links(tag)]
     found += nft_leftovers(tag, network_pool)
     found += [f"cgroup {c}" for c in detect().children(cgroup_parent)]
-    found += [f"mount {m}" for m in mounts_under(state_dir)]
+    own = Path(os.path.realpath(state_dir))  # the state dir may be a mount of its own
+    found += [f"mount {m}" for m in mounts_under(state_dir) if m != own]
     found += [f"loop {dev} {file}" for dev, file in loop.backed_under(state_dir).items()]
     found += [f"conmon pid {pid}" for pid in monitors_of(state_dir)]
     found += [f"dir containers/{d}" for d in _entries(state_dir / "containers")]
