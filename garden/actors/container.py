@@ -216,17 +216,30 @@ class ContainerActor:
                     await self._undo_create()
                     raise
                 faults.reached("create:after-network")
+                created = ev.ContainerCreated(
+                    handle=self.handle, pid=started.pid, pid_start_time=started.pid_start_time
+                )
+                try:
+                    limits = await self._limits_read_back()
+                    await self._journal.record(created, *limits, origin=origin)
+                except GardenError:
+                    # Not recorded (the log's disk is full...): a container the log does not
+                    # know as created must not be left running.
+                    await self._undo_create(wired=True)
+                    raise
             except BaseException as exc:
                 reason = exc.message if isinstance(exc, GardenError) else repr(exc)
-                await self._journal.record(
-                    ev.ContainerCreateFailed(handle=self.handle, reason=reason), origin=origin
-                )
+                try:
+                    await self._journal.record(
+                        ev.ContainerCreateFailed(handle=self.handle, reason=reason), origin=origin
+                    )
+                except GardenError:
+                    # The failure cannot be logged either: the state still says "creating",
+                    # which the next start undoes (Supervisor._recover_one).
+                    log.warning("create-failed-unrecorded handle=%s", self.handle)
+                    raise exc  # noqa: B904 (what failed first is what the client hears)
                 self._on_gone(self.handle)
                 raise
-            created = ev.ContainerCreated(
-                handle=self.handle, pid=started.pid, pid_start_time=started.pid_start_time
-            )
-            await self._journal.record(created, *await self._limits_read_back(), origin=origin)
         log.info("create-finished handle=%s pid=%d", self.handle, started.pid)
 
     async def _sweep_unrecorded_processes(self) -> None:
@@ -237,12 +250,15 @@ class ContainerActor:
                 ev.ResourceSwept(kind="process", name=f"{self.handle}/{process_id}")
             )
 
-    async def _undo_create(self) -> None:
-        """The container started but could not be wired: take it down again (the network
-        set-up released its own part already)."""
+    async def _undo_create(self, *, wired: bool = False) -> None:
+        """The container started but could not be wired (the network set-up released its own
+        part already), or its creation could not be recorded (`wired`: its network too):
+        take it down again."""
         try:
             with trio.fail_after(DESTROY_DEADLINE):
                 await self._kernel.destroy(self.record.plan())
+                if wired:
+                    await self._networker.teardown(self.record.plan(), self.record.wiring())
         except (GardenError, OSError, trio.TooSlowError):
             log.exception("create-undo-failed handle=%s", self.handle)
 
@@ -337,12 +353,23 @@ class ContainerActor:
             privileged_container=record.uid_base is None,
         )
         faults.reached("process:after-spawn")
-        await self._journal.record(
-            ev.ProcessStarted(
-                handle=self.handle, process_id=process_id, facts=facts, args=[spec.path, *spec.args]
-            ),
-            origin=origin,
-        )
+        try:
+            await self._journal.record(
+                ev.ProcessStarted(
+                    handle=self.handle,
+                    process_id=process_id,
+                    facts=facts,
+                    args=[spec.path, *spec.args],
+                ),
+                origin=origin,
+            )
+        except GardenError:
+            # Not recorded (the log's disk is full...): the process must not run on unknown
+            # to the log and to every later request. (A cancelled caller's events are still
+            # written: that process stays.)
+            with trio.CancelScope(shield=True):
+                await self._process_kernel.cleanup(facts)
+            raise
         process = self.processes.add(process_id, facts, None)
         assert self._nursery is not None
         self._nursery.start_soon(self.processes.watch, process)
