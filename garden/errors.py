@@ -130,8 +130,9 @@ class KernelError(InternalError):
     def __init__(self, what: str, cause: BaseException | str, *, handle: str = "") -> None:
         super().__init__(f"{what}: {cause}", handle=handle)
         self.what = what
-        if isinstance(cause, BaseException) and self.__cause__ is None:
-            self.__cause__ = cause  # so `exhaustion_of` sees an ENOSPC/EMFILE behind it
+        # Kept apart from __cause__, which `raise ... from None` on the way up may clear:
+        # `exhaustion_of` tells an ENOSPC or EMFILE behind it from other failures.
+        self.errno: int | None = cause.errno if isinstance(cause, OSError) else None
 
 
 class CgroupError(KernelError):
@@ -157,6 +158,8 @@ def _errno_behind(exc: BaseException) -> int | None:
     while current is not None and id(current) not in seen and len(seen) < 16:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno is not None:
+            return current.errno
+        if isinstance(current, KernelError) and current.errno is not None:
             return current.errno
         current = current.__cause__ or current.__context__
     return None

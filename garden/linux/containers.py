@@ -119,6 +119,7 @@ class LinuxContainers:
         self.trash = trash  # where bundles go to be deleted after the answer (None: at once)
         self.images = images if images is not None else LayerStore(self.state_dir / "images")
         self._parents_ready: set[str] = set()
+        self._failed_undos: set[str] = set()  # container ids whose create undo failed
         self._swap_accounting: dict[str, bool] = {}
         self._allowed_caps = oci.caps_from_mask(capability_bounding_mask())
 
@@ -133,17 +134,18 @@ class LinuxContainers:
     # -- ContainerKernel ------------------------------------------------------------------------
 
     async def create(self, plan: ContainerPlan) -> Started:
+        await self._finish_failed_undos()
         cpath = Path(plan.container_path)
         cid = plan.container_id
         async with contextlib.AsyncExitStack() as undo:
             lower = await self._lower(plan)
             self._make_container_dir(cpath)
-            undo.push_async_callback(self._undo, "remove dir", remove_tree, cpath, self.trash)
+            undo.push_async_callback(self._undo, cid, "remove dir", remove_tree, cpath, self.trash)
             layer = None
             if plan.disk is not None:
-                undo.push_async_callback(self._undo, "release disk", self.disk.release, cpath)
+                undo.push_async_callback(self._undo, cid, "release disk", self.disk.release, cpath)
                 layer = await self.disk.create(cpath, plan.disk)
-            undo.push_async_callback(self._undo, "unmount", unmount_overlay, cpath)
+            undo.push_async_callback(self._undo, cid, "unmount", unmount_overlay, cpath)
             await mount_overlay(lower, cpath, plan.uid_base, layer)
             faults.reached("create:after-overlay")
             parent = posixpath.dirname(plan.cgroup_path.rstrip("/"))
@@ -156,7 +158,13 @@ class LinuxContainers:
             )
             self._write(cpath / "config.json", json.dumps(spec).encode())
             undo.push_async_callback(
-                self._undo, "release runtime", self._release_runtime, cid, cpath, plan.cgroup_path
+                self._undo,
+                cid,
+                "release runtime",
+                self._release_runtime,
+                cid,
+                cpath,
+                plan.cgroup_path,
             )
             if self.use_run:
                 pid = await self.runtime.run(cid, cpath)
@@ -181,6 +189,7 @@ class LinuxContainers:
         return await prepare_lower(Path(plan.rootfs), plan.uid_base, self.cache_dir)
 
     async def destroy(self, plan: ContainerPlan) -> None:
+        await self._finish_failed_undos()
         await self._release(plan.container_id, Path(plan.container_path), plan.cgroup_path)
 
     async def stop(self, plan: ContainerPlan, *, kill: bool, timeout: float) -> None:
@@ -370,14 +379,35 @@ class LinuxContainers:
         except OSError as e:
             raise KernelError(f"write {path}", e) from e
 
-    async def _undo(self, what: str, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+    async def _undo(
+        self, cid: str, what: str, fn: Callable[..., Awaitable[None]], *args: object
+    ) -> None:
         """One undo step of a failed create: shielded from cancellation, bounded in time; its
-        own failure is logged so the create's original error is the one that propagates."""
+        own failure is logged so the create's original error is the one that propagates, and
+        the container is released again later (`_finish_failed_undos`)."""
         with trio.CancelScope(shield=True) as scope:
             scope.deadline = trio.current_time() + self.cleanup_timeout
             try:
                 await fn(*args)
             except (GardenError, OSError) as e:
                 log.warning("create-undo-failed step=%s args=%s error=%s", what, args, e)
+                self._failed_undos.add(cid)
         if scope.cancelled_caught:
             log.warning("create-undo-timed-out step=%s args=%s", what, args)
+            self._failed_undos.add(cid)
+
+    async def _finish_failed_undos(self) -> None:
+        """Release what the undo of a failed create could not (the cause, e.g. no descriptor
+        or no disk space left, has often gone by the next create or destroy): nothing of it
+        waits for the next start's sweep."""
+        for cid in sorted(self._failed_undos):
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self.cleanup_timeout
+                try:
+                    await self.release_leftover(cid)
+                except (GardenError, OSError) as e:
+                    log.warning("create-undo-retry-failed container_id=%s error=%s", cid, e)
+                    continue
+            if not scope.cancelled_caught:
+                self._failed_undos.discard(cid)
+                log.info("create-undo-finished container_id=%s", cid)
