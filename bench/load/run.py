@@ -33,6 +33,7 @@ import garden.main  # noqa: F401  # isort: skip
 
 WORK_ROOT = Path("/var/tmp/garden-load")  # traversable by containers' mapped root (0711)
 IDLE_FD_SLACK = 8  # descriptors the idle server may hold at the end beyond those at the start
+IDLE_SETTLE = 15.0  # seconds the idle descriptor count gets to come down at the end
 DRAIN_TIMEOUT = 300.0  # clients finish their iteration within this after the deadline
 
 
@@ -153,7 +154,13 @@ async def drive(options: Options, url: str, pid: int) -> tuple[Report, Sampler |
         leaks=Leaks(checked=False, found=[], containers_left=left),
     )
     if sampler is not None and idle_start is not None and sampler.samples:
+        # Connections and transfers wind down a moment after the last answer: give the
+        # idle count a few seconds to settle (nothing to await from outside the server).
         idle_end = sampler.take() or sampler.samples[-1]
+        settle = time.monotonic() + IDLE_SETTLE
+        while idle_end.fds > idle_start.fds + IDLE_FD_SLACK and time.monotonic() < settle:
+            await trio.sleep(0.5)
+            idle_end = sampler.take() or idle_end
         report.samples = sampler.samples
         report.rss_mib_start = round(idle_start.rss_kib / 1024, 1)
         report.rss_mib_max = round(max(s.rss_kib for s in sampler.samples) / 1024, 1)
