@@ -17,7 +17,7 @@ import trio
 
 from garden import faults
 from garden import limits as lim
-from garden.actors.mailbox import Mailbox
+from garden.actors.mailbox import Mailbox, Reply
 from garden.actors.net_rules import bandwidth_after
 from garden.actors.ports import ContainerKernel, Networker, ProcessKernel
 from garden.actors.processes import ProcessTable
@@ -148,6 +148,7 @@ class ContainerActor:
         self._on_gone = on_gone  # the container left the state: its pool holdings are free
         self._tearing_down = False
         self._destroyed = False
+        self._spawning: dict[str, trio.Event] = {}  # process ids whose spawn runs
 
     @property
     def record(self) -> ContainerState:
@@ -184,7 +185,11 @@ class ContainerActor:
                     nursery.start_soon(self._watch_oom)
                 async for command, reply in self.mailbox.commands():
                     try:
-                        reply.succeed(await self._handle(command))
+                        if isinstance(command, RunProcess):
+                            # Answered by the spawn task it starts: spawns run side by side.
+                            await self._start_process(command, reply)
+                        else:
+                            reply.succeed(await self._handle(command))
                     except GardenError as exc:
                         reply.fail(exc)
                     except Exception as exc:
@@ -306,8 +311,6 @@ class ContainerActor:
                 await self._stop(kill, origin)
             case Destroy(reason=reason):
                 await self._destroy(reason, origin)
-            case RunProcess(spec=spec, process_id=process_id):
-                return await self._run_process(spec, process_id, origin)
             case MapPort(host_port=host_port, container_port=container_port):
                 mapping = PortMap(host_port=host_port, container_port=container_port)
                 await self._map_port(mapping, origin)
@@ -323,7 +326,12 @@ class ContainerActor:
                 await self._handle_oom()
         return None
 
-    async def _run_process(self, spec: ProcessSpec, process_id: str, origin: ev.Origin) -> str:
+    async def _start_process(self, command: RunProcess, reply: Reply) -> None:
+        """Check and reserve the process id here, in the mailbox's order, then spawn in a task
+        of the actor's nursery that settles `reply`: a spawn (40-85 ms of conmon and runc) holds
+        up neither the other spawns nor the container's other commands. Stop, destroy and an
+        OOM wait for the spawns in flight (`_wait_spawns`) before they tear anything down."""
+        process_id = command.process_id
         record = self.record
         started = record.started()
         if record.phase != "active" or started is None:
@@ -331,52 +339,79 @@ class ContainerActor:
                 f"container {self.handle} is {record.phase}: no new processes", handle=self.handle
             )
         previous = self.processes.find(process_id)
+        if process_id in self._spawning or (previous is not None and previous.running):
+            raise ProcessIdInUseError(
+                f"process id {process_id!r} is in use", handle=self.handle, process_id=process_id
+            )
         if previous is not None:
-            if previous.running:
-                raise ProcessIdInUseError(
-                    f"process id {process_id!r} is in use",
-                    handle=self.handle,
-                    process_id=process_id,
-                )
             await self._process_kernel.cleanup(previous.facts)
             self.processes.forget(process_id)
+        assert self._nursery is not None
+        self._spawning[process_id] = trio.Event()
+        self._nursery.start_soon(self._spawn, command, started, reply)
+
+    async def _spawn(self, command: RunProcess, started: Started, reply: Reply) -> None:
+        """Spawn one process and record it (the crash-safety of the gap in between is the
+        start-up sweep of process dirs the log does not know: `_sweep_unrecorded_processes`)."""
+        spec, process_id = command.spec, command.process_id
+        record = self.record
         if not spec.user and record.default_user:
             spec = msgspec.structs.replace(spec, user=record.default_user)
         if not spec.dir and record.default_dir:
             spec = msgspec.structs.replace(spec, dir=record.default_dir)
-        facts = await self._process_kernel.spawn(
-            record.plan(),
-            started,
-            spec,
-            process_id,
-            container_env=record.env,
-            privileged_container=record.uid_base is None,
-        )
-        faults.reached("process:after-spawn")
         try:
-            await self._journal.record(
-                ev.ProcessStarted(
-                    handle=self.handle,
-                    process_id=process_id,
-                    facts=facts,
-                    args=[spec.path, *spec.args],
-                ),
-                origin=origin,
+            facts = await self._process_kernel.spawn(
+                record.plan(),
+                started,
+                spec,
+                process_id,
+                container_env=record.env,
+                privileged_container=record.uid_base is None,
             )
-        except GardenError:
-            # Not recorded (the log's disk is full...): the process must not run on unknown
-            # to the log and to every later request. (A cancelled caller's events are still
-            # written: that process stays.)
+            faults.reached("process:after-spawn")
+            # Recorded and watched even if the server is stopping meanwhile: a process runs
+            # only with its facts in the log (or it is swept at the next start).
             with trio.CancelScope(shield=True):
-                await self._process_kernel.cleanup(facts)
-            raise
-        process = self.processes.add(process_id, facts, None)
-        assert self._nursery is not None
-        self._nursery.start_soon(self.processes.watch, process)
-        log.info(
-            "process-started handle=%s process_id=%s pid=%d", self.handle, process_id, facts.pid
-        )
-        return process_id
+                try:
+                    await self._journal.record(
+                        ev.ProcessStarted(
+                            handle=self.handle,
+                            process_id=process_id,
+                            facts=facts,
+                            args=[spec.path, *spec.args],
+                        ),
+                        origin=command.origin,
+                    )
+                except GardenError:
+                    # Not recorded (the log's disk is full...): the process must not run on
+                    # unknown to the log and to every later request.
+                    await self._process_kernel.cleanup(facts)
+                    raise
+                process = self.processes.add(process_id, facts, None)
+                assert self._nursery is not None
+                self._nursery.start_soon(self.processes.watch, process)
+            log.info(
+                "process-started handle=%s process_id=%s pid=%d",
+                self.handle,
+                process_id,
+                facts.pid,
+            )
+            reply.succeed(process_id)
+        except GardenError as exc:
+            reply.fail(exc)
+        except Exception as exc:
+            log.exception("spawn-failed handle=%s process_id=%s", self.handle, process_id)
+            error = InternalError(f"{type(exc).__name__}: {exc}", handle=self.handle)
+            error.__cause__ = exc
+            reply.fail(error)
+        finally:
+            self._spawning.pop(process_id).set()
+            reply.fail(ContainerNotFoundError(self.handle))  # cancelled: a no-op once settled
+
+    async def _wait_spawns(self) -> None:
+        """Until no spawn is in flight (each is bounded: `monitor.spawn` gives up after 60 s)."""
+        while self._spawning:
+            await next(iter(self._spawning.values())).wait()
 
     def _need_network(self) -> None:
         if self.record.network() is None:
@@ -481,6 +516,7 @@ class ContainerActor:
         if c.phase == "active":
             self._tearing_down = True
             try:
+                await self._wait_spawns()
                 await self._kernel.stop(c.plan(), kill=True, timeout=0)
                 await self.processes.wait_all_exited(timeout=PROCESS_EXIT_GRACE)
             finally:
@@ -492,6 +528,7 @@ class ContainerActor:
             return
         self._tearing_down = True
         try:
+            await self._wait_spawns()
             await self._kernel.stop(self.record.plan(), kill=kill, timeout=self._stop_timeout)
             # Their monitors report each exit; the stop answers once every one is recorded.
             await self.processes.wait_all_exited(timeout=PROCESS_EXIT_GRACE)
@@ -505,6 +542,7 @@ class ContainerActor:
         self._tearing_down = True
         log.info("destroy-started handle=%s reason=%s", self.handle, reason)
         with trio.CancelScope(shield=True), trio.fail_after(DESTROY_DEADLINE):
+            await self._wait_spawns()
             if self.record.phase != "destroying":
                 await self._journal.record(
                     ev.ContainerDestroyStarted(handle=self.handle, reason=reason), origin=origin
