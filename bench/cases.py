@@ -24,6 +24,8 @@ class Options:
     warmup: int = 2
     stdout_mib: int = 256
     stdout_rounds: int = 3
+    concurrent: int = 200
+    concurrent_rounds: int = 3
     fleet: int = 50
     fleet_clients: int = 10
     rps_clients: int = 50

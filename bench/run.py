@@ -20,6 +20,7 @@ import trio
 
 from bench import targets
 from bench.cases import Context, Options, create_destroy, engine_cells, exec_rows
+from bench.concurrent import concurrent_row
 from bench.docker import DockerEngine
 from bench.engine import Engine, Unavailable
 from bench.fleet import fleet_rows
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=d.warmup, help="rounds dropped first")
     p.add_argument("--stdout-mib", type=int, default=d.stdout_mib)
     p.add_argument("--stdout-rounds", type=int, default=d.stdout_rounds)
+    p.add_argument("--concurrent", type=int, default=d.concurrent,
+                   help="processes started at once in one container")  # fmt: skip
+    p.add_argument("--concurrent-rounds", type=int, default=d.concurrent_rounds)
     p.add_argument("--fleet", type=int, default=d.fleet, help="containers created at once")
     p.add_argument("--full", action="store_true", help="the full fleet of 1000 containers")
     p.add_argument("--fleet-clients", type=int, default=d.fleet_clients)
@@ -57,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument(
         "--only", default="", help="comma-separated benchmark keys (prefixes): create_destroy, "
-        "run_true, run_echo, stdout, files, info_rps, fleet, restart",
+        "run_true, run_echo, stdout, concurrent, files, info_rps, fleet, restart",
     )  # fmt: skip
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where results are written")
     p.add_argument("--no-write", action="store_true", help="print only")
@@ -83,7 +87,8 @@ def render(path: Path) -> int:
 def options_from(args: argparse.Namespace) -> Options:
     o = Options(
         rounds=args.rounds, warmup=args.warmup, stdout_mib=args.stdout_mib,
-        stdout_rounds=args.stdout_rounds, fleet=1000 if args.full else args.fleet,
+        stdout_rounds=args.stdout_rounds, concurrent=args.concurrent,
+        concurrent_rounds=args.concurrent_rounds, fleet=1000 if args.full else args.fleet,
         fleet_clients=args.fleet_clients, rps_clients=args.rps_clients,
         rps_seconds=args.rps_seconds, restart_events=args.restart_events,
         restart_containers=args.restart_containers, restart_rounds=args.restart_rounds,
@@ -92,6 +97,7 @@ def options_from(args: argparse.Namespace) -> Options:
     if args.quick:
         o.rounds, o.warmup, o.stdout_mib, o.stdout_rounds = 3, 1, 32, 1
         o.fleet = min(o.fleet, 10)
+        o.concurrent, o.concurrent_rounds = min(o.concurrent, 20), 1
         o.rps_seconds, o.restart_events, o.restart_containers, o.restart_rounds = 1.0, 20_000, 50, 1
     return o
 
@@ -199,6 +205,8 @@ async def _measure(ctx: Context, ours: OursEngine, server: GardenServer, results
         add([await create_destroy(ctx, network=False)])
         add([await create_destroy(ctx, network=True)])
     add(await exec_rows(ctx))
+    if ctx.wants("concurrent"):
+        add([await concurrent_row(ctx)])
     if ctx.wants("files"):
         add(await files_rows(ctx, ours))
     if ctx.wants("info_rps"):
