@@ -84,6 +84,24 @@ def instrument(timings: Timings) -> None:
     process_spec.prepare_process = _timed_sync(
         timings, "run: prepare process.json (thread)", process_spec.prepare_process
     )
+    sync_steps = [
+        (monitor, "_prepare_dirs", "run: process dir + process.json written"),
+        (monitor, "pid_start_time", "run: start time of a pid (/proc)"),
+    ]
+    for owner, name, label in sync_steps:
+        setattr(owner, name, _timed_sync(timings, label, getattr(owner, name)))
+    real_to_thread = trio.to_thread.run_sync
+
+    async def to_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await real_to_thread(fn, *args, **kwargs)
+        finally:
+            timings["trio.to_thread.run_sync (any, with the hop)"].append(
+                (time.perf_counter() - started) * 1000
+            )
+
+    setattr(trio.to_thread, "run_sync", to_thread)  # noqa: B010
 
 
 async def measure(n: int) -> Timings:

@@ -109,6 +109,10 @@ async def spawn(
         "-b", str(pdir), "-p", str(pdir / "pid"), "-P", str(pdir / "conmon.pid"),
         "-l", f"k8s-file:{pdir / 'log'}", "--exit-dir", str(pdir / "exit"),
         "--socket-dir-path", str(socket_dir), "--log-level", "error", "--syslog",
+        # No fsync of the log at exit: it stood between the process's exit and its exit file
+        # (a 256 MiB log took seconds), and the log and the exit file are for a crash of the
+        # server, which the page cache survives; conmon never fsyncs the exit file either.
+        "--no-sync-log",
         "-e", "--exec-process-spec", str(pdir / "process.json"),
         *(["-i"] if stdin else []), *(["-t"] if tty else []),
         # A TTY gets EOF from ^D, and must stay writable for the next client after one leaves.
