@@ -9,12 +9,16 @@ from typing import Literal, final
 
 import msgspec
 
+from garden import bounds
+
 DEFAULT_ROOTFS = "/usr/local/lib/garden/rootfs"
 DEFAULT_STATE_DIR = "/var/lib/garden"
 # Host uid/gid of root in every unprivileged container: one shared 65536-wide range, far above
 # the ranges that /etc/subuid hands to users (see docs/security.md).
 DEFAULT_UID_BASE = 1_000_000_000
 TAG_RE = re.compile(r"[a-z][a-z0-9]{0,7}")
+# conmon's attach sockets live in <this>/<tag> (short: a socket path has 108 bytes).
+MONITOR_SOCKET_ROOT = "/run/garden-trio"
 
 
 @final
@@ -23,6 +27,14 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     bind_ip: str = "127.0.0.1"
     bind_port: int = 7777
     bind_socket: str | None = None
+    # The group that may connect to the unix socket (mode 0660); None: root's group.
+    bind_socket_group: str | None = None
+    # A file holding the bearer token(s) every route but /ping requires (docs/security.md).
+    auth_token_file: str | None = None
+    # Largest JSON request body (413 beyond); uploads and stdin stream and are not bounded here.
+    max_body_bytes: int = bounds.MAX_BODY_BYTES
+    # Seconds a connection may sit without a complete request head (idle or trickling).
+    keep_alive_timeout: float = bounds.KEEP_ALIVE_TIMEOUT
     network_pool: str = "10.254.0.0/22"
     port_pool_start: int = 61001
     port_pool_size: int = 4000
@@ -98,6 +110,25 @@ def validate(config: ServerConfig) -> ServerConfig:
         raise ConfigError("--max-containers: must be >= 0")
     if not TAG_RE.fullmatch(config.tag):
         raise ConfigError("--tag: 1-8 characters of [a-z0-9], starting with a letter")
+    if config.bind_socket_group is not None:
+        group_id(config.bind_socket_group)
+    if config.max_body_bytes < 1024:
+        raise ConfigError("--max-body-bytes: must be at least 1024")
+    if not 1 <= config.keep_alive_timeout <= 3600:
+        raise ConfigError("--keep-alive-timeout: must be 1-3600 seconds")
     if not 1 <= config.uid_base <= 2**32 - 2 - 65536:
         raise ConfigError("--uid-base: out of range")
     return config
+
+
+def group_id(group: str) -> int:
+    """The gid of a group name or number (ConfigError if the host has no such group)."""
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        pass
+    if group.isdigit():
+        return int(group)
+    raise ConfigError(f"--bind-socket-group: no group {group!r} on this host")

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -15,16 +16,17 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from garden import __version__
+from garden import __version__, bounds
 from garden.actors.ports import ContainerFiles, ContainerKernel, Networker, ProcessKernel
 from garden.actors.supervisor import Supervisor
-from garden.config import ServerConfig
+from garden.config import MONITOR_SOCKET_ROOT, ServerConfig, group_id
 from garden.events.journal import Journal
 from garden.events.schema import ServerStarted
 from garden.events.snapshot import SNAPSHOT_FILE, Restored, restore
 from garden.events.snapshotter import Snapshotter
 from garden.events.state import evolve
-from garden.http.app import asgi_with_close_fix, create_app
+from garden.http.app import ASGIApp, asgi_with_close_fix, create_app
+from garden.http.auth import TokenFile, require_token
 from garden.http.tuning import tune_for_streaming
 from garden.linux.cgroups import detect
 from garden.linux.containers import LinuxContainers
@@ -75,22 +77,45 @@ def build_networker(config: ServerConfig) -> LinuxNetworker:
     )
 
 
-def hypercorn_config(config: ServerConfig) -> HypercornConfig:
+def hypercorn_config(config: ServerConfig, unix_fd: int | None = None) -> HypercornConfig:
+    """Hypercorn's settings; `unix_fd` is the listening socket of `bind_unix_socket`."""
     hc = HypercornConfig()
     binds = []
     if config.bind_port or not config.bind_socket:
         binds.append(f"{config.bind_ip}:{config.bind_port}")
-    if config.bind_socket:
-        sock = Path(config.bind_socket)
-        if sock.is_socket():
-            sock.unlink()
-        binds.append(f"unix:{config.bind_socket}")
+    if unix_fd is not None:
+        binds.append(f"fd://{unix_fd}")
     hc.bind = binds
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = 5.0
-    hc.keep_alive_timeout = 75.0
+    # A client holds a connection only this long without a complete request head: idle
+    # between requests, or trickling headers (slowloris). Streams are not affected.
+    hc.keep_alive_timeout = config.keep_alive_timeout
+    hc.h11_max_incomplete_size = bounds.MAX_HEADER_BYTES
+    hc.websocket_max_message_size = bounds.MAX_WEBSOCKET_MESSAGE
     return hc
+
+
+def bind_unix_socket(path: str, group: str | None) -> socket.socket:
+    """The server's unix socket, bound mode 0600 and only then given its group and 0660, so
+    nobody else can connect in between. Call it before any thread runs (it sets the umask)."""
+    if Path(path).is_socket():
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        previous = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(previous)
+        if group is not None:
+            os.chown(path, -1, group_id(group))
+        os.chmod(path, 0o660)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 async def serve(
@@ -108,8 +133,19 @@ async def serve(
     if networker is None and kernel is not None:
         # A real networker would wire a fake kernel's "containers" into the host's network.
         raise TypeError("serve() with a kernel of its own needs a networker of its own too")
-    started = time.perf_counter()
-    restored = open_log(config)
+    tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
+    unix = (
+        bind_unix_socket(config.bind_socket, config.bind_socket_group)
+        if config.bind_socket
+        else None
+    )
+    try:
+        started = time.perf_counter()
+        restored = open_log(config)
+    except BaseException:
+        if unix is not None:
+            unix.close()
+        raise
     log.info(
         "replayed records=%d snapshot_seq=%d containers=%d seconds=%.3f",
         restored.replayed,
@@ -119,6 +155,8 @@ async def serve(
     )
     async with AsyncExitStack() as stack:
         stack.callback(restored.log.close)
+        if unix is not None:
+            stack.callback(unix.close)
         # The state is large and lives as long as the server: keep the collector from
         # scanning it over and over (at 1M events, 0.4 s less CPU before the first request).
         gc.freeze()
@@ -134,12 +172,14 @@ async def serve(
             processes.sweep_socket_dir()
         if networker is None:
             networker = build_networker(config)
-        await _serve(config, restored, kernel, processes, networker, files, task_status)
+        await _serve(
+            config, restored, kernel, processes, networker, files, tokens, unix, task_status
+        )
 
 
 def socket_dir(config: ServerConfig) -> Path:
     """Where conmon puts its attach sockets: short, because a socket path has 108 bytes."""
-    return Path("/run/garden-trio") / config.tag
+    return Path(MONITOR_SOCKET_ROOT) / config.tag
 
 
 async def _serve(
@@ -149,6 +189,8 @@ async def _serve(
     processes: ProcessKernel,
     networker: Networker,
     files: ContainerFiles | None,
+    tokens: TokenFile | None,
+    unix: socket.socket | None,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     event_log, state = restored.log, restored.state
@@ -178,14 +220,16 @@ async def _serve(
                 )
                 await inner.start(supervisor.run)
                 tune_for_streaming()
-                app = asgi_with_close_fix(create_app(supervisor))
+                quart: ASGIApp = create_app(supervisor)
+                app = asgi_with_close_fix(quart if tokens is None else require_token(quart, tokens))
                 served = trio.Event()
 
                 async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
                     try:
                         await hypercorn.trio.serve(
                             app,
-                            hypercorn_config(config),
+                            # hypercorn owns (and closes) a duplicate of the unix socket
+                            hypercorn_config(config, os.dup(unix.fileno()) if unix else None),
                             shutdown_trigger=shutdown.wait,
                             task_status=task_status,
                         )
@@ -193,14 +237,17 @@ async def _serve(
                         served.set()
 
                 binds: list[str] = await inner.start(run_http)
-                if config.bind_socket:
-                    os.chmod(config.bind_socket, 0o660)
                 log.info("serving binds=%s", binds)
                 inner.start_soon(snapshots.run)
                 task_status.started(binds)
                 if config.handle_signals:
-                    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    stops = (signal.SIGTERM, signal.SIGINT)
+                    with trio.open_signal_receiver(*stops, signal.SIGHUP) as signals:
                         async for signum in signals:
+                            if signum == signal.SIGHUP:
+                                if tokens is not None:
+                                    tokens.reload()
+                                continue
                             log.info("shutdown-requested signal=%s", signal.Signals(signum).name)
                             break
                     shutdown.set()

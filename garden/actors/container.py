@@ -15,7 +15,7 @@ from typing import Literal, final
 import msgspec
 import trio
 
-from garden import faults
+from garden import bounds, faults
 from garden import limits as lim
 from garden.actors.mailbox import Mailbox, Reply
 from garden.actors.net_rules import bandwidth_after
@@ -298,6 +298,7 @@ class ContainerActor:
         h, origin = self.handle, command.origin
         match command:
             case SetProperty(key=key, value=value):
+                bounds.check_property_change(self.record.properties, key, value, handle=h)
                 await self._journal.record(
                     ev.PropertySet(handle=h, key=key, value=value), origin=origin
                 )
@@ -316,6 +317,8 @@ class ContainerActor:
                 await self._map_port(mapping, origin)
             case AllowOut(rule=rule):
                 self._need_network()
+                count = len(self.record.net_out) + 1
+                bounds.check_count("net-out rules", count, bounds.MAX_NET_OUT, handle=h)
                 await self._networker.allow_out(self.record.plan(), rule)
                 await self._journal.record(ev.NetOutAllowed(handle=h, rule=rule), origin=origin)
             case LimitBandwidth(request=request):
@@ -338,6 +341,8 @@ class ContainerActor:
             raise ContainerStoppedError(
                 f"container {self.handle} is {record.phase}: no new processes", handle=self.handle
             )
+        count = len(self.processes.running()) + 1
+        bounds.check_count("running processes", count, bounds.MAX_PROCESSES, handle=self.handle)
         previous = self.processes.find(process_id)
         if process_id in self._spawning or (previous is not None and previous.running):
             raise ProcessIdInUseError(
@@ -422,6 +427,8 @@ class ContainerActor:
 
     async def _map_port(self, mapping: PortMap, origin: ev.Origin) -> None:
         self._need_network()
+        count = len(self.record.mapped_ports) + 1
+        bounds.check_count("port mappings", count, bounds.MAX_NET_IN, handle=self.handle)
         plan = self.record.plan()
         await self._networker.map_port(plan, mapping)
         faults.reached("net:after-map")

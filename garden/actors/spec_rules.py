@@ -9,6 +9,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from garden import bounds
 from garden import limits as lim
 from garden.actors.net_rules import check_bandwidth
 from garden.actors.pools import parse_network
@@ -26,11 +27,6 @@ from garden.config import ServerConfig
 from garden.errors import InvalidRequestError, PrivilegedContainersDisallowedError
 from garden.images.uri import ImageSource, parse_rootfs
 
-MAX_PROPERTIES = 1024
-MAX_PROPERTY_BYTES = 64 * 1024
-MAX_ENV_BYTES = 256 * 1024
-MAX_BIND_MOUNTS = 64
-
 
 def check_spec(
     spec: ContainerSpec, config: ServerConfig, *, allow_privileged: bool = True
@@ -42,14 +38,11 @@ def check_spec(
         raise PrivilegedContainersDisallowedError("privileged containers are not allowed")
     if spec.grace_time is not None and (spec.grace_time < 0 or spec.grace_time != spec.grace_time):
         raise InvalidRequestError("grace_time must be a number of seconds >= 0")
-    check_env(spec.env)
-    props = spec.property_dict()
-    if len(props) > MAX_PROPERTIES:
-        raise InvalidRequestError(f"at most {MAX_PROPERTIES} properties")
-    for key, value in props.items():
-        check_property(key, value)
-    if len(spec.bind_mounts) > MAX_BIND_MOUNTS:
-        raise InvalidRequestError(f"at most {MAX_BIND_MOUNTS} bind mounts")
+    bounds.check_env(spec.env)
+    if isinstance(spec.properties, list):
+        bounds.check_count("properties", len(spec.properties), bounds.MAX_PROPERTIES)
+    bounds.check_properties(spec.property_dict())
+    bounds.check_count("bind mounts", len(spec.bind_mounts), bounds.MAX_BIND_MOUNTS)
     for bm in spec.bind_mounts:
         check_container_path(bm.dst_path, "bind mount dst_path")
         if bm.origin == "Host":
@@ -116,23 +109,6 @@ def check_limits(limits: Limits | None) -> None:
         value = getattr(limits, kind)
         if value is not None:
             rule(value)
-
-
-def check_env(env: list[str]) -> None:
-    total = 0
-    for item in env:
-        if "=" not in item or item.startswith("=") or "\0" in item:
-            raise InvalidRequestError(f"env entry {item!r} must look like NAME=value")
-        total += len(item)
-    if total > MAX_ENV_BYTES:
-        raise InvalidRequestError(f"env is larger than {MAX_ENV_BYTES} bytes")
-
-
-def check_property(key: str, value: str) -> None:
-    if not key or "\0" in key or "\0" in value:
-        raise InvalidRequestError("property keys must be non-empty and free of NUL bytes")
-    if len(key) + len(value) > MAX_PROPERTY_BYTES:
-        raise InvalidRequestError(f"property {key!r} is larger than {MAX_PROPERTY_BYTES} bytes")
 
 
 def check_container_path(path: str, what: str) -> None:

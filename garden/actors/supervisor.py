@@ -16,6 +16,7 @@ from typing import final
 
 import trio
 
+from garden import bounds
 from garden import limits as lim
 from garden.actors.container import (
     AllowOut,
@@ -44,7 +45,7 @@ from garden.actors.ports import (
     ProcessKernel,
 )
 from garden.actors.processes import LiveProcess
-from garden.actors.spec_rules import check_property, check_spec
+from garden.actors.spec_rules import check_spec
 from garden.api import (
     BandwidthLimits,
     Capacity,
@@ -307,7 +308,7 @@ class Supervisor:
         await self.send(handle, Stop(kill=kill, origin=origin))
 
     async def set_property(self, handle: str, key: str, value: str, origin: ev.Origin) -> None:
-        check_property(key, value)
+        bounds.check_property(key, value)
         await self.send(handle, SetProperty(key=key, value=value, origin=origin))
 
     async def delete_property(self, handle: str, key: str, origin: ev.Origin) -> None:
@@ -322,6 +323,7 @@ class Supervisor:
 
     async def run_process(self, handle: str, spec: ProcessSpec, origin: ev.Origin) -> LiveProcess:
         process_id = check_process_id(spec.id) if spec.id else secrets.token_hex(8)
+        bounds.check_process_spec(spec)
         actor = self.actor(handle)
         self.touch(handle)
         await actor.call(RunProcess(spec=spec, process_id=process_id, origin=origin))

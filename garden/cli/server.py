@@ -24,6 +24,33 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
         "--bind-port", type=int, default=d.bind_port, help="0 with --bind-socket: no TCP"
     )
     p.add_argument("--bind-socket", default=None, metavar="PATH", help="also listen here (0660)")
+    p.add_argument(
+        "--bind-socket-group",
+        default=None,
+        metavar="GROUP",
+        help="group of the unix socket: its members may connect (default: root's group)",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        default=None,
+        metavar="PATH",
+        help="require `Authorization: Bearer <token>` on every route but /ping; one token a "
+        "line, reread on SIGHUP; the file must not be readable by others",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=d.max_body_bytes,
+        metavar="N",
+        help="largest JSON request body (413 beyond); file uploads and stdin are streamed",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=d.keep_alive_timeout,
+        metavar="SECONDS",
+        help="close a connection without a complete request head after this long",
+    )
     p.add_argument("--network-pool", default=d.network_pool, metavar="CIDR")
     p.add_argument("--port-pool-start", type=int, default=d.port_pool_start, metavar="N")
     p.add_argument("--port-pool-size", type=int, default=d.port_pool_size, metavar="N")
@@ -112,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
 def run_server(config: ServerConfig) -> int:
     import trio
 
+    from garden.config import ConfigError
     from garden.errors import LogCorruptError, RuntimeFailedError
     from garden.logs import configure
     from garden.main import serve
@@ -129,6 +157,9 @@ def run_server(config: ServerConfig) -> int:
     except RuntimeFailedError as exc:
         print(f"garden: {exc}", file=sys.stderr)
         return 4
+    except ConfigError as exc:
+        print(f"garden server: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

@@ -44,7 +44,8 @@ ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 def create_app(supervisor: Supervisor) -> QuartTrio:
     app = QuartTrio("garden")
     app.config.update(
-        MAX_CONTENT_LENGTH=None,
+        # JSON bodies; uploads and stdin read their raw bodies and are not bounded by this.
+        MAX_CONTENT_LENGTH=supervisor.config.max_body_bytes,
         BODY_TIMEOUT=None,
         RESPONSE_TIMEOUT=None,
         PROVIDE_AUTOMATIC_OPTIONS=False,
@@ -89,7 +90,10 @@ def create_app(supervisor: Supervisor) -> QuartTrio:
                 e.MethodNotAllowedError(f"{request.method} is not allowed on {request.path}")
             )
         if error.code == 413:
-            return error_response(e.PayloadTooLargeError("request body too large"))
+            limit = supervisor.config.max_body_bytes
+            return error_response(
+                e.PayloadTooLargeError(f"request body is larger than {limit} bytes")
+            )
         return json_response(
             {
                 "type": "HTTPError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal as signals
 
 from quart import Response, request
@@ -10,10 +11,16 @@ from quart_trio import QuartTrio
 from garden.actors.supervisor import Supervisor
 from garden.api import ProcessSpec, SignalRequest
 from garden.errors import ConflictError, InvalidRequestError
+from garden.http import rawbody
 from garden.http.respond import json_response, origin, read_json
 from garden.http.streaming import ATTACH_REPLAY_BYTES, encoding_of, process_stream
 
 NDJSON = "application/x-ndjson"
+_STDIN_PATH = re.compile(r"/containers/[^/]+/processes/[^/]+/stdin")
+
+
+def _is_stdin(method: str, path: str) -> bool:
+    return method == "PUT" and _STDIN_PATH.fullmatch(path) is not None
 
 
 def signal_number(value: str | int) -> int:
@@ -52,21 +59,27 @@ def register(app: QuartTrio, sup: Supervisor) -> None:
         )
         return Response(body, content_type=NDJSON)
 
+    # stdin streams: read with backpressure and not bounded by --max-body-bytes.
+    rawbody.stream_bodies(app, _is_stdin)
+
     @app.put("/containers/<handle>/processes/<process_id>/stdin")
     async def stdin(handle: str, process_id: str) -> Response:
-        process = sup.process(handle, process_id)
-        if not process.running:
-            raise ConflictError(
-                f"process {process_id} has exited", handle=handle, process_id=process_id
-            )
-        stream = await sup.process_kernel.open_stdin(process.facts)
-        with sup.reaper.hold(handle):
-            try:
-                async for chunk in request.body:
-                    if chunk:
+        body = rawbody.current()
+        async with body.drained():
+            process = sup.process(handle, process_id)
+            if not process.running:
+                raise ConflictError(
+                    f"process {process_id} has exited", handle=handle, process_id=process_id
+                )
+            stream = await sup.process_kernel.open_stdin(process.facts)
+            with sup.reaper.hold(handle):
+                try:
+                    async for chunk in body.chunks():
                         await stream.send_all(chunk)
-            finally:
-                await stream.aclose()
+                except rawbody.ClientDisconnected:
+                    pass  # the end of the body closes stdin either way
+                finally:
+                    await stream.aclose()
         return json_response({})
 
     @app.post("/containers/<handle>/processes/<process_id>/signal")
