@@ -23,7 +23,7 @@ from garden.api import (
     PidLimits,
     check_handle,
 )
-from garden.config import ServerConfig
+from garden.config import MONITOR_SOCKET_ROOT, ServerConfig
 from garden.errors import InvalidRequestError, PrivilegedContainersDisallowedError
 from garden.images.uri import ImageSource, parse_rootfs
 
@@ -46,7 +46,7 @@ def check_spec(
     for bm in spec.bind_mounts:
         check_container_path(bm.dst_path, "bind mount dst_path")
         if bm.origin == "Host":
-            if not os.path.isabs(bm.src_path):
+            if "\0" in bm.src_path or not os.path.isabs(bm.src_path):
                 raise InvalidRequestError(f"bind mount src_path {bm.src_path!r} must be absolute")
             if not os.path.exists(bm.src_path):
                 raise InvalidRequestError(f"bind mount src_path {bm.src_path!r} does not exist")
@@ -56,6 +56,7 @@ def check_spec(
     parse_network(spec.network, IPv4Network(config.network_pool))
     check_limits(spec.limits)
     rootfs = parse_rootfs(spec.rootfs or config.default_rootfs)
+    check_host_source(rootfs.path, config, "rootfs")
     if isinstance(rootfs, ImageSource):
         if rootfs.kind == "docker":
             raise InvalidRequestError(
@@ -112,7 +113,7 @@ def check_limits(limits: Limits | None) -> None:
 
 
 def check_container_path(path: str, what: str) -> None:
-    if not path.startswith("/") or "\0" in path:
+    if not path.startswith("/") or "\0" in path or len(path) > bounds.MAX_PATH:
         raise InvalidRequestError(f"{what} {path!r} must be an absolute path")
     if posixpath.normpath(path) == "/":
         raise InvalidRequestError(f"{what} must not be the container's root")
@@ -120,9 +121,33 @@ def check_container_path(path: str, what: str) -> None:
         raise InvalidRequestError(f"{what} {path!r} must not contain '..'")
 
 
-def check_host_source(src: str, config: ServerConfig) -> None:
-    """A host bind-mount source may not expose the server's own state."""
+# Host paths no bind mount (nor rootfs) may be, lie in, or contain: the kernel's views of
+# itself and the host's devices. The server's own paths are added from its config.
+HOST_PATHS_REFUSED = ("/proc", "/sys", "/dev")
+
+
+def protected_host_paths(config: ServerConfig) -> list[str]:
+    """Host paths a container must never see: the kernel's, the state dir (event log,
+    bundles, other containers' layers), the monitors' attach sockets, the API's own socket and
+    the token file."""
+    paths = [*HOST_PATHS_REFUSED, config.state_dir, MONITOR_SOCKET_ROOT]
+    if config.bind_socket:
+        paths.append(config.bind_socket)
+    if config.auth_token_file:
+        paths.append(config.auth_token_file)
+    return [os.path.realpath(p) for p in paths]
+
+
+def check_host_source(src: str, config: ServerConfig, what: str = "bind mount src_path") -> None:
+    """A host path given to a container may not be, lie inside or contain (a bind of a parent
+    shows what is under it) any of `protected_host_paths`. Symlinks are resolved first."""
+    if len(src) > bounds.MAX_PATH:
+        raise InvalidRequestError(f"{what} is longer than {bounds.MAX_PATH} characters")
     real = os.path.realpath(src)
-    state = os.path.realpath(config.state_dir)
-    if real == state or real.startswith(state + "/"):
-        raise InvalidRequestError(f"bind mount src_path {src!r} is inside the server's state dir")
+    for protected in protected_host_paths(config):
+        if _within(real, protected) or _within(protected, real):
+            raise InvalidRequestError(f"{what} {src!r} would expose {protected} to the container")
+
+
+def _within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")

@@ -45,7 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "images": ("images", "list, import or prune the server's images (`images --help`)"),
 }
 # Options of the top-level parser that take a value (to find the command name in argv).
-_VALUE_OPTIONS = {"--target", "--token", "--timeout"}
+_VALUE_OPTIONS = {"--target", "--token", "--token-file", "--timeout"}
 
 
 def command_name(argv: Sequence[str]) -> str | None:

@@ -70,6 +70,12 @@ def common_options(*, suppress: bool) -> argparse.ArgumentParser:
     )
     g.add_argument("--token", default=default(None), help="bearer token (default: $GARDEN_TOKEN)")
     g.add_argument(
+        "--token-file",
+        default=default(None),
+        metavar="PATH",
+        help="read the bearer token from this file (default: $GARDEN_TOKEN_FILE)",
+    )
+    g.add_argument(
         "--timeout",
         type=float,
         default=default(60.0),
@@ -89,7 +95,9 @@ def make_client(args: argparse.Namespace) -> Client:
     from garden.client import Client
 
     try:
-        return Client(args.target, token=args.token, timeout=args.timeout)
+        return Client(
+            args.target, token=args.token, token_file=args.token_file, timeout=args.timeout
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from garden.client.streams import Output, ProcessResult
 from garden.client.sync import Client, Download, EventStream, ProcessStream
-from garden.client.target import DEFAULT_TARGET, TARGET_ENV, TOKEN_ENV, Target
+from garden.client.target import DEFAULT_TARGET, TARGET_ENV, TOKEN_ENV, TOKEN_FILE_ENV, Target
 
 if TYPE_CHECKING:
     from garden.client.aio import AsyncClient, AsyncDownload, AsyncEventStream, AsyncProcessStream
@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_TARGET",
     "TARGET_ENV",
     "TOKEN_ENV",
+    "TOKEN_FILE_ENV",
     "AsyncClient",
     "AsyncDownload",
     "AsyncEventStream",

@@ -92,12 +92,13 @@ class AsyncClient:
         target: str | Target | None = None,
         *,
         token: str | None = None,
+        token_file: str | None = None,
         timeout: float | None = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.target = target if isinstance(target, Target) else Target.parse(target)
         self.timeout = timeout
-        self._token = token_from_env(token)
+        self._token = token_from_env(token, token_file)
         if transport is None and self.target.socket_path:
             transport = httpx.AsyncHTTPTransport(uds=self.target.socket_path)
         headers = {"User-Agent": USER_AGENT}

@@ -79,11 +79,12 @@ class Client:
         target: str | Target | None = None,
         *,
         token: str | None = None,
+        token_file: str | None = None,
         timeout: float | None = 60.0,
     ) -> None:
         self.target = target if isinstance(target, Target) else Target.parse(target)
         self.timeout = timeout
-        self._token = token_from_env(token)
+        self._token = token_from_env(token, token_file)
         self._pool = Pool(self.target, timeout)
 
     def clone(self) -> Client:

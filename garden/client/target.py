@@ -2,7 +2,8 @@
 
 Accepted forms: `http://HOST[:PORT][/PREFIX]`, `https://...` (a TLS proxy in front of the
 server), `unix:/PATH`, `unix:///PATH` and a bare absolute `/PATH` (the server's
-`--bind-socket`). The bearer token comes from `GARDEN_TOKEN` unless given.
+`--bind-socket`). The bearer token is the one given, else the first token of the given token
+file, else `$GARDEN_TOKEN`, else the first token of the file `$GARDEN_TOKEN_FILE` names.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Literal, final
 DEFAULT_TARGET = "http://127.0.0.1:7777"
 TARGET_ENV = "GARDEN_TARGET"
 TOKEN_ENV = "GARDEN_TOKEN"
+TOKEN_FILE_ENV = "GARDEN_TOKEN_FILE"
 
 
 @final
@@ -92,5 +94,29 @@ class Target:
         return f"Target({self})"
 
 
-def token_from_env(token: str | None) -> str | None:
-    return token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+def read_token_file(path: str) -> str:
+    """The first token of a token file (the server's `--auth-token-file` format: one token a
+    line, blank lines and `#` comments skipped). A ValueError says why there is none."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(64 * 1024)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"token file {path}: {exc}") from exc
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line
+    raise ValueError(f"token file {path}: holds no token")
+
+
+def token_from_env(token: str | None, token_file: str | None = None) -> str | None:
+    """The bearer token to send: `token`, else `token_file`'s, else $GARDEN_TOKEN's, else
+    that of the file $GARDEN_TOKEN_FILE names; None for none."""
+    if token is not None:
+        return token or None
+    if token_file is not None:
+        return read_token_file(token_file)
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    path = os.environ.get(TOKEN_FILE_ENV)
+    return read_token_file(path) if path else None

@@ -31,6 +31,7 @@ import trio
 from garden import faults
 from garden.errors import CgroupError, ConflictError, GardenError, KernelError
 from garden.linux import oci
+from garden.linux.bind_mounts import checked_mounts
 from garden.linux.cgroups import Cgroups
 from garden.linux.disk import LayerQuota, LoopImageQuota
 from garden.linux.images.store import LayerStore
@@ -148,6 +149,9 @@ class LinuxContainers:
             undo.push_async_callback(self._undo, cid, "unmount", unmount_overlay, cpath)
             await mount_overlay(lower, cpath, plan.uid_base, layer)
             faults.reached("create:after-overlay")
+            if plan.bind_mounts:
+                mounts = await trio.to_thread.run_sync(checked_mounts, plan, str(cpath / "rootfs"))
+                plan = msgspec.structs.replace(plan, bind_mounts=mounts)
             parent = posixpath.dirname(plan.cgroup_path.rstrip("/"))
             await self._ensure_parent(parent)
             spec = oci.container_spec(

@@ -113,12 +113,14 @@ async def test_long_handle_hostname_is_last_63_characters(server: Server) -> Non
 async def test_failed_create_leaves_nothing(server: Server, tmp_path: Path) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")
-    # A file bind-mounted over a directory of the rootfs: the runtime fails late in the create.
+    # A file bind-mounted over a directory of the rootfs: found only once the rootfs is
+    # mounted, late in the create (the runtime used to fail on it with a 500).
     r = await server.client.post(
         "/containers",
         json={"handle": "broken", "bind_mounts": [{"src_path": str(afile), "dst_path": "/etc"}]},
     )
-    assert r.status_code == 500, r.text
+    assert r.status_code == 400, r.text
+    assert "over the directory" in r.json()["message"]
     assert "broken" not in (await server.client.get("/containers")).json()["handles"]
     assert leftovers(server.config) == []
     r = await server.client.post("/containers", json={"handle": "broken"})
@@ -158,6 +160,33 @@ async def test_container_origin_bind_mount(server: Server) -> None:
     cid = container_id((await server.client.get("/containers/origin/info")).json())
     out = runc(server, "exec", cid, "cat", "/etc-copy/passwd")
     assert "vcap" in out.stdout, out.stderr
+
+
+async def test_container_origin_source_symlink_cannot_reach_the_host(
+    server: Server, tmp_path: Path
+) -> None:
+    """A symlink in the image pointing at a host path resolves inside the rootfs, as it would
+    for a process in the container: the host file is never mounted."""
+    import shutil
+
+    (tmp_path / "host-only").write_text("secret")
+    rootfs = tmp_path / "rootfs"
+    shutil.copytree(server.config.default_rootfs, rootfs, symlinks=True)
+    (rootfs / "escape").symlink_to(tmp_path)
+    r = await server.client.post(
+        "/containers",
+        json={
+            "handle": "escape",
+            "privileged": True,
+            "rootfs": str(rootfs),
+            "bind_mounts": [
+                {"src_path": "/escape/host-only", "dst_path": "/x", "origin": "Container"}
+            ],
+        },
+    )
+    assert r.status_code == 400, r.text
+    assert "does not exist in the rootfs" in r.json()["message"]
+    assert leftovers(server.config) == []
 
 
 async def test_unix_socket_listener(state_dir: Path, nursery: object) -> None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import final
+from typing import Any, final
 
 import msgspec
 import trio
@@ -305,8 +305,10 @@ async def serve_fakes(
     *,
     processes: FakeProcesses | None = None,
     files: object | None = None,
+    **settings: Any,
 ) -> str:
-    """A real HTTP server on 127.0.0.1 over the fake kernel parts; its base URL."""
+    """A real HTTP server on 127.0.0.1 over the fake kernel parts; its base URL. `settings`
+    are more fields of its `ServerConfig`."""
     from garden.config import ServerConfig
     from garden.main import serve
 
@@ -318,6 +320,7 @@ async def serve_fakes(
         bind_port=0,
         tag="gtest",
         handle_signals=False,
+        **settings,
     )
     extra: dict[str, object] = {} if files is None else {"files": files}
     binds = await nursery.start(

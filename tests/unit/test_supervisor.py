@@ -171,12 +171,19 @@ async def test_bad_spec_is_rejected_before_anything_is_recorded(
 async def test_bind_mount_source_in_state_dir_is_refused(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running(config, FakeKernel()) as (sup, _):
-        with pytest.raises(InvalidRequestError, match="state dir"):
+        with pytest.raises(InvalidRequestError, match="expose"):
             await sup.create(
                 spec(bind_mounts=[{"src_path": config.state_dir, "dst_path": "/s"}]), ORIGIN
             )
+        # A parent of the state dir would show it too.
+        with pytest.raises(InvalidRequestError, match="expose"):
+            await sup.create(
+                spec(bind_mounts=[BindMount(src_path=str(tmp_path), dst_path="/s")]), ORIGIN
+            )
+        beside = tmp_path / "beside"
+        beside.mkdir()
         handle = await sup.create(
-            spec(bind_mounts=[BindMount(src_path=str(tmp_path), dst_path="/s")]), ORIGIN
+            spec(bind_mounts=[BindMount(src_path=str(beside), dst_path="/s")]), ORIGIN
         )
         assert sup.info(handle).state == "active"
 
