@@ -19,9 +19,10 @@ from garden.errors import InvalidRequestError, PayloadTooLargeError
 
 # A JSON request body (every route but file uploads and stdin, which stream). `--max-body-bytes`.
 MAX_BODY_BYTES: Final = 1 << 20
-# The request line plus every header, before the body: hypercorn's h11_max_incomplete_size.
-# It bounds the number of headers too (each takes at least 4 bytes) and the URL's length.
+# The URL plus every header name and value (garden/http/head_limits.py; hypercorn's
+# h11_max_incomplete_size too, which bounds a request head still arriving).
 MAX_HEADER_BYTES: Final = 16 * 1024
+MAX_HEADERS: Final = 100
 # One WebSocket message of the terminal (stdin chunks and control frames are small).
 MAX_WEBSOCKET_MESSAGE: Final = 1 << 20
 # A connection that has not finished its request headers this long after it opened or after

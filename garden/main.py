@@ -27,6 +27,7 @@ from garden.events.snapshotter import Snapshotter
 from garden.events.state import evolve
 from garden.http.app import ASGIApp, asgi_with_close_fix, create_app
 from garden.http.auth import TokenFile, require_token
+from garden.http.head_limits import limit_heads
 from garden.http.tuning import tune_for_streaming
 from garden.linux.cgroups import detect
 from garden.linux.containers import LinuxContainers
@@ -221,7 +222,8 @@ async def _serve(
                 await inner.start(supervisor.run)
                 tune_for_streaming()
                 quart: ASGIApp = create_app(supervisor)
-                app = asgi_with_close_fix(quart if tokens is None else require_token(quart, tokens))
+                guarded = quart if tokens is None else require_token(quart, tokens)
+                app = asgi_with_close_fix(limit_heads(guarded))
                 served = trio.Event()
 
                 async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
