@@ -4,7 +4,8 @@ shape, and no partial state (the kernel holds exactly the containers the event l
 and the log replays to the state the server had).
 
 The budget is fixed and the run deterministic (`derandomize`): FUZZ_EXAMPLES cases per
-operation; `GARDEN_FUZZ_EXAMPLES` raises it for a longer run by hand.
+operation; `GARDEN_FUZZ_EXAMPLES` raises it for a longer run by hand, and `GARDEN_FUZZ_RANDOM=1`
+draws new cases each run instead of the same ones.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def flatmap_path_parameters(context: Any, parameters: dict[str, Any]) -> Any:
 @schema.parametrize()
 @settings(
     max_examples=FUZZ_EXAMPLES,
-    derandomize=True,
+    derandomize=not os.environ.get("GARDEN_FUZZ_RANDOM"),
     deadline=None,
     database=None,
     suppress_health_check=list(HealthCheck),
