@@ -56,7 +56,8 @@ def check_spec(
     parse_network(spec.network, IPv4Network(config.network_pool))
     check_limits(spec.limits)
     rootfs = parse_rootfs(spec.rootfs or config.default_rootfs)
-    check_host_source(rootfs.path, config, "rootfs")
+    if rootfs.path:  # a host directory or an image file (docker:// has none)
+        check_host_source(rootfs.path, config, "rootfs")
     if isinstance(rootfs, ImageSource):
         if rootfs.kind == "docker":
             raise InvalidRequestError(
