@@ -114,6 +114,10 @@ def backed_under(directory: Path) -> dict[str, str]:
             backing = (_SYS_BLOCK / name / "loop" / "backing_file").read_text().rstrip("\n")
         except (FileNotFoundError, NotADirectoryError):
             continue  # not bound
+        except OSError as exc:
+            if exc.errno in (errno.ENODEV, errno.ENXIO):
+                continue  # being detached right now (by another process): not ours to find
+            raise
         if backing.startswith(prefix):
             out[f"/dev/{name}"] = backing.removesuffix(" (deleted)")
     return out
