@@ -90,28 +90,26 @@ ALLOWED = _words(
     """
 )
 
-# Per architecture: the libseccomp architectures a filter must cover (native and compat ABIs)
-# and the syscalls only that architecture has.
-ARCHES: dict[str, tuple[list[str], list[str]]] = {
-    "x86_64": (
-        ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        ["arch_prctl", "modify_ldt"],
-    ),
-    "aarch64": (["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"], []),
+# Per machine (`uname -m`): the one libseccomp architecture the filter covers and the syscalls
+# only that architecture has. Only the native ABI: a compat syscall (a 32-bit `int 0x80` on
+# x86_64) fails the filter's architecture check and kills the caller. Docker also admits the
+# compat ABIs, for 32-bit userlands; leaving them out closes the compat syscall paths (the
+# entry of CVE-2021-22555, for one) and halves the cost of building the filter, which runc
+# pays at every container start and every exec (docs/adr/isolation.md).
+ARCHES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "x86_64": ("SCMP_ARCH_X86_64", ("arch_prctl", "modify_ldt")),
+    "aarch64": ("SCMP_ARCH_AARCH64", ()),
     "armv7l": (
-        ["SCMP_ARCH_ARM"],
-        list(
-            _words(
-                "arm_fadvise64_64 arm_sync_file_range breakpoint cacheflush set_tls "
-                "sync_file_range2"
-            )
+        "SCMP_ARCH_ARM",
+        _words(
+            "arm_fadvise64_64 arm_sync_file_range breakpoint cacheflush set_tls sync_file_range2"
         ),
     ),
-    "ppc64le": (["SCMP_ARCH_PPC64LE"], ["sync_file_range2", "swapcontext"]),
-    "riscv64": (["SCMP_ARCH_RISCV64"], ["riscv_flush_icache"]),
+    "ppc64le": ("SCMP_ARCH_PPC64LE", ("sync_file_range2", "swapcontext")),
+    "riscv64": ("SCMP_ARCH_RISCV64", ("riscv_flush_icache",)),
     "s390x": (
-        ["SCMP_ARCH_S390X", "SCMP_ARCH_S390"],
-        list(_words("s390_pci_mmio_read s390_pci_mmio_write s390_runtime_instr")),
+        "SCMP_ARCH_S390X",
+        _words("s390_pci_mmio_read s390_pci_mmio_write s390_runtime_instr"),
     ),
 }
 
@@ -140,7 +138,7 @@ def profile(machine: str | None = None) -> dict[str, Any]:
     """The `linux.seccomp` object for an unprivileged container on `machine` (default: this
     host's, as `uname -m` says)."""
     arch = machine if machine is not None else platform.machine()
-    architectures, arch_calls = ARCHES.get(arch, ([], []))
+    native, arch_calls = ARCHES.get(arch, (None, ()))
     clone_flags_arg = 1 if arch == "s390x" else 0  # s390 swaps clone's first two arguments
     syscalls = [
         _rule(sorted({*ALLOWED, *arch_calls})),
@@ -167,6 +165,6 @@ def profile(machine: str | None = None) -> dict[str, Any]:
         "defaultErrnoRet": EPERM,
         "syscalls": syscalls,
     }
-    if architectures:
-        out["architectures"] = list(architectures)
+    if native is not None:
+        out["architectures"] = [native]
     return out
