@@ -46,10 +46,20 @@ static void try_clone(const char *name, unsigned long flags) {
     report(name, pid > 0 ? 0 : pid);
 }
 
+static int g_argc;
+static char **g_argv;
+
+/* With no arguments every attempt is made; else only those named. */
+static int WANT(const char *name) {
+    if (g_argc < 2) return 1;
+    for (int i = 1; i < g_argc; i++)
+        if (strcmp(g_argv[i], name) == 0) return 1;
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    int all = argc < 2;
-    const char *only = all ? "" : argv[1];
-#define WANT(n) (all || strcmp(only, n) == 0)
+    g_argc = argc;
+    g_argv = argv;
     if (WANT("keyctl")) { errno = 0; report("keyctl", syscall(SYS_keyctl, KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)); }
     if (WANT("add_key")) { errno = 0; report("add_key", syscall(SYS_add_key, "user", "garden-probe", "x", 1, KEY_SPEC_PROCESS_KEYRING)); }
     if (WANT("request_key")) { errno = 0; report("request_key", syscall(SYS_request_key, "user", "garden-probe", 0, 0)); }
