@@ -55,6 +55,8 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # nft table). Tests give each server its own, so they never touch a running server's.
     tag: str = "garden"
     uid_base: int = DEFAULT_UID_BASE
+    # Refuse creates with `privileged: true` (403 PrivilegedContainersDisallowedError).
+    disallow_privileged_containers: bool = False
     stop_timeout: float = 10.0
     # When False (tests, benchmarks) SIGTERM/SIGINT are not hooked.
     handle_signals: bool = True

@@ -25,6 +25,7 @@ readonly PACKAGES=(
   e2fsprogs util-linux              # loop-image disk limits (mkfs.ext4, losetup, mount)
   python3 python3-venv python3-dev  # the server itself
   git ca-certificates procps
+  gcc libc6-dev                     # tests: a static syscall probe run inside containers
 )
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

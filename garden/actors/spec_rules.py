@@ -28,14 +28,18 @@ from garden.errors import InvalidRequestError, PrivilegedContainersDisallowedErr
 from garden.images.uri import ImageSource, parse_rootfs
 
 
-def check_spec(
-    spec: ContainerSpec, config: ServerConfig, *, allow_privileged: bool = True
-) -> str | ImageSource:
-    """Validate `spec`; return the host directory to use as the rootfs, or the image."""
+def check_spec(spec: ContainerSpec, config: ServerConfig) -> str | ImageSource:
+    """Validate `spec`; return the host directory to use as the rootfs, or the image. A
+    privileged create on a server with `--disallow-privileged-containers` is refused before
+    anything is recorded or built."""
     if spec.handle is not None:
         check_handle(spec.handle)
-    if spec.privileged and not allow_privileged:
-        raise PrivilegedContainersDisallowedError("privileged containers are not allowed")
+    if spec.privileged and config.disallow_privileged_containers:
+        raise PrivilegedContainersDisallowedError(
+            "privileged containers are not allowed on this server "
+            "(--disallow-privileged-containers)",
+            handle=spec.handle or "",
+        )
     if spec.grace_time is not None and (spec.grace_time < 0 or spec.grace_time != spec.grace_time):
         raise InvalidRequestError("grace_time must be a number of seconds >= 0")
     bounds.check_env(spec.env)

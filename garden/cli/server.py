@@ -106,6 +106,11 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
         default=d.uid_base,
         help="host uid of root in unprivileged containers",
     )
+    p.add_argument(
+        "--disallow-privileged-containers",
+        action="store_true",
+        help="refuse privileged containers (root in them is root on the host) with a 403",
+    )
     p.add_argument("--stop-timeout", type=float, default=d.stop_timeout, metavar="SECONDS")
 
 

@@ -1,8 +1,15 @@
 """The OCI runtime spec (config.json) of a container, built from its plan. Pure: no I/O.
 
 PID 1 is catatonit (`/.catatonit -P`, bind-mounted read-only from the host), which only reaps;
-every real process is started later with the runtime's exec. Unprivileged containers get a user
-namespace mapping container uid/gid 0..65535 to `uid_base`..; privileged ones share the host's.
+every real process is started later with the runtime's exec, which keeps the container's
+seccomp filter, masks and namespaces and takes its capabilities from `capabilities` too.
+
+Unprivileged containers (the default) get: a user namespace mapping container uid/gid
+0..65535 to `uid_base`..; Garden's 14 capabilities (the same as Docker's default); the seccomp
+allowlist of `garden.linux.seccomp`; the masked and read-only paths of runc's default spec
+plus containerd's powercap mask; no devices beyond the runtime's defaults. Privileged ones
+share the host's user namespace and get every capability the server holds, and no seccomp
+filter: root in a privileged container is root on the host (docs/security.md).
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import resource
 from typing import Any
 
+from garden.linux import seccomp
 from garden.linux.plan import ContainerPlan
 
 ID_MAP_SIZE = 65536
@@ -34,7 +42,8 @@ UNPRIVILEGED_CAPS = [
     "CAP_AUDIT_WRITE",
 ]
 
-# Privileged containers: everything runc 1.1 knows, as gdn does for privileged containers.
+# Privileged containers: every capability (as gdn and `docker --privileged` give), less those
+# the server itself lacks (see `capabilities`).
 PRIVILEGED_CAPS = [
     *UNPRIVILEGED_CAPS,
     "CAP_DAC_READ_SEARCH",
@@ -61,8 +70,14 @@ PRIVILEGED_CAPS = [
     "CAP_WAKE_ALARM",
     "CAP_BLOCK_SUSPEND",
     "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ]
 
+# runc's default spec (`runc spec`), as Docker and containerd use it, plus the RAPL power
+# meters (CVE-2020-8694) that containerd and Docker also mask. A masked file reads as empty
+# (/dev/null bound over it), a masked directory as an empty read-only tmpfs.
 MASKED_PATHS = [
     "/proc/acpi",
     "/proc/asound",
@@ -74,7 +89,9 @@ MASKED_PATHS = [
     "/proc/sched_debug",
     "/proc/scsi",
     "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ]
+# Bound read-only over themselves (the kernel's sysctls, sysrq, bus and irq settings).
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
 
@@ -97,13 +114,19 @@ def caps_from_mask(mask: int) -> frozenset[str]:
     return frozenset(n for i, n in enumerate(CAP_NAMES) if mask >> i & 1)
 
 
-def capabilities(privileged: bool, allowed: frozenset[str] | None = None) -> dict[str, list[str]]:
-    """The process capabilities object for a container's processes (also for exec specs).
-    `allowed` is what the server itself may grant (its bounding set): the runtime fails to
-    start a process asked for more, as on hosts without CAP_SYS_RESOURCE."""
+def container_caps(privileged: bool, allowed: frozenset[str] | None = None) -> list[str]:
+    """The capabilities of a (privileged or not) container's root. `allowed` is what the
+    server itself may grant (its bounding set): the runtime fails to start a process asked for
+    more, as on hosts without CAP_SYS_RESOURCE."""
     caps = PRIVILEGED_CAPS if privileged else UNPRIVILEGED_CAPS
     if allowed is not None:
         caps = [c for c in caps if c in allowed]
+    return list(caps)
+
+
+def capabilities(privileged: bool, allowed: frozenset[str] | None = None) -> dict[str, list[str]]:
+    """The process capabilities object of a container's init (see `container_caps`)."""
+    caps = container_caps(privileged, allowed)
     return {"bounding": list(caps), "effective": list(caps), "permitted": list(caps)}
 
 
@@ -232,6 +255,7 @@ def container_spec(
         idmap = [{"containerID": 0, "hostID": plan.uid_base, "size": ID_MAP_SIZE}]
         linux["uidMappings"] = idmap
         linux["gidMappings"] = [dict(m) for m in idmap]
+        linux["seccomp"] = seccomp.profile()
     return {
         "ociVersion": "1.0.2",
         "process": {

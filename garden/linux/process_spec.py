@@ -5,9 +5,12 @@ Pure builders (no I/O):
 - `merge_env(container_env, process_env)`: later wins; a name keeps the position of its first
   occurrence and takes the value of its last; `PATH`, `HOME`, `USER` defaults are appended when
   absent.
-- `capabilities(privileged, uid)`: listed explicitly (runc exec uses exactly what it is given).
-  Unprivileged: Garden's 14 caps; privileged: everything runc knows. For a non-root uid the
-  effective and permitted sets are empty (the bounding set stays).
+- `capabilities(privileged_container, uid, allowed)`: listed explicitly (runc exec uses exactly
+  what it is given). They follow the container, as in Garden: an unprivileged container's
+  processes get Garden's 14 caps, a privileged one's every cap the server holds (`allowed`).
+  The process spec's `privileged` only picks the default user (root); it never adds
+  capabilities. For a non-root uid the effective and permitted sets are empty (the bounding
+  set stays).
 - `oci_rlimits(requested, ceiling)`: `{"nofile": n, ...}` (setrlimit names without `RLIMIT_`) →
   OCI rlimits with soft = hard = n. A value above the `ceiling` (the server's own hard limit:
   without CAP_SYS_RESOURCE a hard limit can only be lowered, and runc would fail the exec with
@@ -39,7 +42,7 @@ from typing import Any
 
 from garden.errors import ExecutableNotFoundError, InvalidRequestError
 from garden.linux import inroot, users
-from garden.linux.oci import PRIVILEGED_CAPS, UNPRIVILEGED_CAPS
+from garden.linux.oci import container_caps
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -74,9 +77,11 @@ def env_value(env: Iterable[str], name: str) -> str | None:
     return value
 
 
-def capabilities(privileged: bool, uid: int) -> dict[str, list[str]]:
+def capabilities(
+    privileged_container: bool, uid: int, allowed: frozenset[str] | None = None
+) -> dict[str, list[str]]:
     """The OCI capabilities object: bounding always; effective/permitted only for uid 0."""
-    caps = list(PRIVILEGED_CAPS if privileged else UNPRIVILEGED_CAPS)
+    caps = container_caps(privileged_container, allowed)
     granted = list(caps) if uid == 0 else []
     return {"bounding": caps, "effective": granted, "permitted": list(granted)}
 
@@ -121,12 +126,14 @@ def build_process(
     uid: int,
     gid: int,
     additional_gids: Sequence[int] = (),
-    privileged: bool = False,
+    privileged_container: bool = False,
+    allowed_caps: frozenset[str] | None = None,
     rlimits: Sequence[Mapping[str, Any]] = (),
     tty: bool = False,
     console_size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The process.json object. `env` is already merged; `console_size` is (rows, columns)."""
+    """The process.json object. `env` is already merged; `console_size` is (rows, columns);
+    capabilities as `capabilities` says."""
     if not args:
         raise InvalidRequestError("a process needs a path")
     user: dict[str, Any] = {"uid": uid, "gid": gid}
@@ -138,7 +145,7 @@ def build_process(
         "args": list(args),
         "env": list(env),
         "cwd": cwd,
-        "capabilities": capabilities(privileged, uid),
+        "capabilities": capabilities(privileged_container, uid, allowed_caps),
         "noNewPrivileges": True,
     }
     if rlimits:
@@ -227,6 +234,8 @@ def prepare_process(
     dir: str | None = None,
     user: str | None = None,
     privileged: bool = False,
+    privileged_container: bool = False,
+    allowed_caps: frozenset[str] | None = None,
     limits: Mapping[str, int] | None = None,
     tty: bool = False,
     console_size: tuple[int, int] | None = None,
@@ -236,7 +245,8 @@ def prepare_process(
     """Everything API.md's process spec asks, in one call: resolve `user` (default `root` when
     `privileged`, else `vcap`) in `root`'s etc/passwd, default `dir` to its home and create it
     when missing (owned by uid/gid + `host_id_offset`, the container's uid map base or 0), check
-    the executable, merge env (adding `HOME`, `USER` and `PATH` when absent) and build process.json.
+    the executable, merge env (adding `HOME`, `USER` and `PATH` when absent) and build process.json
+    with the capabilities of the container (`privileged_container`, `allowed_caps`).
 
     Raises `InvalidRequestError` (unknown user, bad rlimit, cwd not creatable) or
     `ExecutableNotFoundError`.
@@ -261,7 +271,8 @@ def prepare_process(
         uid=ids.uid,
         gid=ids.gid,
         additional_gids=extra_gids,
-        privileged=privileged,
+        privileged_container=privileged_container,
+        allowed_caps=allowed_caps,
         rlimits=oci_rlimits(limits or {}, rlimit_ceiling() if ceiling is None else ceiling),
         tty=tty,
         console_size=console_size,

@@ -20,7 +20,9 @@ import trio
 from garden.api import ProcessSpec
 from garden.errors import ProcessIdInUseError
 from garden.linux import monitor, output, process_spec
+from garden.linux.oci import caps_from_mask
 from garden.linux.plan import ContainerPlan, SpawnedProcess, Started
+from garden.linux.proc import capability_bounding_mask
 from garden.linux.runtime import Runtime
 
 
@@ -31,6 +33,8 @@ class LinuxProcesses:
         self.socket_dir = socket_dir
         self.watcher = watcher
         self.ceiling = process_spec.rlimit_ceiling()
+        # What the server may grant: a privileged container's processes get all of it.
+        self.allowed_caps = caps_from_mask(capability_bounding_mask())
 
     def process_dir(self, plan: ContainerPlan, process_id: str) -> Path:
         return Path(plan.container_path) / "processes" / process_id
@@ -61,6 +65,8 @@ class LinuxProcesses:
                 dir=spec.dir,
                 user=spec.user,
                 privileged=spec.privileged,
+                privileged_container=privileged_container,
+                allowed_caps=self.allowed_caps,
                 limits=spec.rlimits,
                 tty=size is not None,
                 console_size=(size.rows, size.columns) if size else None,

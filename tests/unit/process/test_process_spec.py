@@ -40,10 +40,25 @@ def test_non_root_user_has_no_effective_caps() -> None:
     assert caps["effective"] == caps["permitted"] == []
 
 
-def test_privileged_gets_full_set() -> None:
+def test_privileged_container_gets_full_set() -> None:
     caps = ps.capabilities(True, 0)
     assert caps["effective"] == PRIVILEGED_CAPS
     assert "CAP_SYS_ADMIN" in caps["bounding"]
+
+
+def test_privileged_container_caps_are_what_the_server_holds() -> None:
+    # A host without CAP_SYS_RESOURCE: asking runc exec for it fails the exec with EPERM.
+    allowed = frozenset(PRIVILEGED_CAPS) - {"CAP_SYS_RESOURCE"}
+    caps = ps.capabilities(True, 0, allowed)
+    assert "CAP_SYS_RESOURCE" not in caps["bounding"]
+    assert set(caps["effective"]) == allowed
+
+
+def test_privileged_process_in_unprivileged_container_gets_no_more_caps(rootfs: Path) -> None:
+    p = ps.prepare_process(rootfs, path="/bin/sh", privileged=True, ceiling={})
+    assert p["user"] == {"uid": 0, "gid": 0}  # privileged only picks root as the default user
+    assert p["capabilities"]["bounding"] == UNPRIVILEGED_CAPS
+    assert p["capabilities"]["effective"] == UNPRIVILEGED_CAPS
 
 
 def test_rlimits_soft_equals_hard() -> None:
@@ -190,7 +205,13 @@ def test_prepare_process_defaults(rootfs: Path) -> None:
 
 def test_prepare_process_privileged_is_root_and_creates_dir(rootfs: Path) -> None:
     p = ps.prepare_process(
-        rootfs, path="/bin/sh", privileged=True, dir="/srv/app", host_id_offset=0, ceiling={}
+        rootfs,
+        path="/bin/sh",
+        privileged=True,
+        privileged_container=True,
+        dir="/srv/app",
+        host_id_offset=0,
+        ceiling={},
     )
     assert p["user"] == {"uid": 0, "gid": 0}
     assert p["cwd"] == "/srv/app"
