@@ -61,6 +61,7 @@ from garden.config import ServerConfig
 from garden.errors import (
     CapacityExhaustedError,
     ContainerNotFoundError,
+    GardenError,
     HandleInUseError,
     InvalidRequestError,
     PropertyNotFoundError,
@@ -183,7 +184,23 @@ class Supervisor:
             else:
                 log.warning("recover-found-stopped handle=%s liveness=%s", handle, liveness)
                 await self.journal.record(ev.ContainerStopped(handle=handle, reason="init-exited"))
+                if liveness == "gone":
+                    await self._start_actor(handle, "adopt", ev.Origin())
+                    return
+        await self._reconcile_limits(record)
         await self._start_actor(handle, "adopt", ev.Origin())
+
+    async def _reconcile_limits(self, record: ContainerState) -> None:
+        """A limit change the kernel made but a crash kept from the log is undone."""
+        try:
+            corrected = await self.kernel.reconcile_limits(record.plan())
+        except GardenError as e:
+            log.warning("recover-limits-failed handle=%s error=%s", record.handle, e)
+            return
+        if corrected:
+            log.warning(
+                "recover-limits-corrected handle=%s kinds=%s", record.handle, ",".join(corrected)
+            )
 
     async def _start_actor(self, handle: str, mode: str, origin: ev.Origin) -> ContainerActor:
         assert self._nursery is not None

@@ -32,6 +32,7 @@ from garden import faults
 from garden.errors import CgroupError, ConflictError, GardenError, KernelError
 from garden.linux import oci
 from garden.linux.cgroups import Cgroups
+from garden.linux.cgroups.cpu import DEFAULT_SHARES
 from garden.linux.disk import LayerQuota, LoopImageQuota
 from garden.linux.images.store import LayerStore
 from garden.linux.layer_usage import upper_usage
@@ -238,6 +239,41 @@ class LinuxContainers:
                 handle=plan.handle,
             )
         await self.disk.limit(Path(plan.container_path), quota)
+
+    async def reconcile_limits(self, plan: ContainerPlan) -> list[str]:
+        try:
+            have = await trio.to_thread.run_sync(self.cgroups.limits, plan.cgroup_path)
+        except CgroupError:
+            if self.cgroups.exists(plan.cgroup_path):
+                raise
+            return []  # its init is gone and the cgroup with it: nothing holds a limit
+        want = plan.resources
+        change = LimitChange(
+            **{
+                field: getattr(want, field)
+                for field, wanted, held in (
+                    ("memory_bytes", want.memory_bytes, have.memory_bytes),
+                    ("cpu_shares", want.cpu_shares or DEFAULT_SHARES, have.cpu_shares),
+                    ("pids_max", want.pids_max, have.pids_max),
+                )
+                if wanted != held
+            }
+        )
+        corrected = [
+            kind
+            for kind, field in (
+                ("memory", "memory_bytes"),
+                ("cpu", "cpu_shares"),
+                ("pids", "pids_max"),
+            )
+            if getattr(change, field) is not msgspec.UNSET
+        ]
+        if corrected:
+            await self.cgroups.set_limits(plan.cgroup_path, change)
+        if plan.disk is not None:
+            # Idempotent: a quota already in force changes nothing (a few statvfs calls).
+            await self.disk.limit(Path(plan.container_path), plan.disk)
+        return corrected
 
     async def stats(self, plan: ContainerPlan) -> ContainerStats:
         # A dozen reads of cgroup files and a statvfs (or a walk of the upper dir): off the

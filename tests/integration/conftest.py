@@ -112,6 +112,17 @@ def leftovers(config: ServerConfig, settle: float = 5.0) -> list[str]:
     )
 
 
+def trash_left(config: ServerConfig, deadline: float) -> list[str]:
+    """Destroyed bundles not yet deleted: a server deletes them in the background after it
+    answered (and after its next start, those a crash left), so they get until `deadline`."""
+    trash = Path(config.state_dir, "trash")
+    while True:
+        left = sorted(os.listdir(trash)) if trash.exists() else []
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.02)
+
+
 async def force_cleanup(config: ServerConfig) -> None:
     """Release whatever a failed test left, so one failure does not leak into the machine."""
     from garden.main import build_kernel, build_networker
