@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import trio
 
 from garden.linux.cgroups import detect
 from garden.linux.net import names
 from garden.linux.rootfs import mounts_under
-from tests.integration.conftest import ServerProcess, leftovers, our_links
+from tests.integration.conftest import ServerProcess, force_cleanup, leftovers, our_links
 
 TIMEOUT = httpx.Timeout(20)
 MAX_LIVE = 8
@@ -279,11 +280,26 @@ def run_cycle(sp: ServerProcess, m: Model, rng: random.Random, n: int) -> Cycle:
     return Cycle(n, how, workload.acked, start_s, check_s)
 
 
+def _finish(sp: ServerProcess, m: Model) -> None:
+    """A last start and check, destroy everything, stop: nothing of the tag may be left."""
+    sp.start()
+    with httpx.Client(base_url=sp.url, timeout=TIMEOUT) as c:
+        check(sp, c, m)
+        for handle in c.get("/containers").json()["handles"]:
+            if c.delete(f"/containers/{handle}").status_code != 200:
+                raise Broken(f"destroy {handle} at the end")
+    sp.kill(signal.SIGTERM)
+    left = leftovers(sp.config)
+    if left:
+        raise Broken(f"leaked: {left}")
+
+
 def soak(state_dir: Path, cycles: int, seed: int, record: Path | None = None) -> list[Cycle]:
     rng = random.Random(seed)
     sp = ServerProcess(state_dir, "k" + os.urandom(3).hex())
     m = Model()
     done: list[Cycle] = []
+    n = 0
     try:
         for n in range(1, cycles + 1):
             cycle = run_cycle(sp, m, rng, n)
@@ -291,19 +307,13 @@ def soak(state_dir: Path, cycles: int, seed: int, record: Path | None = None) ->
             if record is not None:
                 with open(record, "a") as f:
                     f.write(json.dumps(cycle.__dict__) + "\n")
-        sp.start()
-        with httpx.Client(base_url=sp.url, timeout=TIMEOUT) as c:
-            check(sp, c, m)
-            for handle in c.get("/containers").json()["handles"]:
-                if c.delete(f"/containers/{handle}").status_code != 200:
-                    raise Broken(f"destroy {handle} at the end")
-        sp.kill(signal.SIGTERM)
-        left = leftovers(sp.config)
-        if left:
-            raise Broken(f"leaked: {left}")
+        _finish(sp, m)
+    except Broken as e:
+        raise Broken(f"cycle {n} of seed {seed} ({sp.log}): {e}") from e
     finally:
         if sp.proc is not None and sp.proc.poll() is None:
             sp.kill()
+        trio.run(force_cleanup, sp.config)
     return done
 
 
