@@ -203,6 +203,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra_args: list[str] = []
+        self.start_timeout = 10.0  # seconds for /ping to answer after the exec
         self.log = state_dir.parent / "server.log"
         state_dir.parent.mkdir(parents=True, exist_ok=True)
 
@@ -235,7 +236,7 @@ class ServerProcess:
                 argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
             )
         with httpx.Client(base_url=self.url) as c:
-            for _ in range(400):
+            for _ in range(int(self.start_timeout / 0.025)):
                 try:
                     if c.get("/ping").status_code == 200:
                         return

@@ -294,6 +294,8 @@ def _finish(sp: ServerProcess, m: Model) -> None:
 def soak(state_dir: Path, cycles: int, seed: int, record: Path | None = None) -> list[Cycle]:
     rng = random.Random(seed)
     sp = ServerProcess(state_dir, "k" + os.urandom(3).hex())
+    # A start on a machine this loaded takes seconds; a hung one is still caught.
+    sp.start_timeout = 60.0
     m = Model()
     done: list[Cycle] = []
     n = 0
