@@ -57,24 +57,33 @@ class Trash:
         await trio.lowlevel.checkpoint()
 
     async def drain(self) -> None:
-        """Accept nothing more; return once everything queued is deleted."""
+        """Accept nothing more; return once everything queued is deleted (by `run`, or here
+        when `run` was cancelled first)."""
         self._send.close()
         await self._drained.wait()
+        while True:
+            try:
+                path = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            await trio.to_thread.run_sync(_delete, path)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Delete what is in the trash (left by an earlier run, then what is discarded), one
         entry at a time in a worker thread, until cancelled."""
         task_status.started()
         try:
-            left = [self.directory / name for name in os.listdir(self.directory)]
-        except FileNotFoundError:
-            left = []
-        for path in left:
-            await trio.to_thread.run_sync(_delete, path)
-        async for path in self._receive:
-            faults.reached("trash:before-delete")
-            await trio.to_thread.run_sync(_delete, path)
-        self._drained.set()
+            try:
+                left = [self.directory / name for name in os.listdir(self.directory)]
+            except FileNotFoundError:
+                left = []
+            for path in left:
+                await trio.to_thread.run_sync(_delete, path)
+            async for path in self._receive:
+                faults.reached("trash:before-delete")
+                await trio.to_thread.run_sync(_delete, path)
+        finally:
+            self._drained.set()
 
 
 def _delete(path: Path) -> None:
