@@ -3,8 +3,12 @@ server SIGKILL itself the first time it reaches a named point (`<point>#<n>`: th
 
 Points are placed where a real crash would hurt most: right after a record is durable but
 before anyone is answered (`record:<EventType>`), and between the kernel steps of a create or a
-destroy (`create:<step>`, `destroy:<step>`) or of a network change (`net:<step>`). Without the
-variable every call is a dict lookup.
+destroy (`create:<step>`, `destroy:<step>`), of a network change (`net:<step>`), of a limit
+change (`limits:after-cgroup`, `limits:after-disk`: the kernel changed, nothing recorded), of a
+file transfer (`files:in-mid-stream`, `files:before-publish`, `files:after-link`,
+`files:out-mid-stream`), and of the deferred deletion of a destroyed bundle
+(`destroy:after-trash`: renamed into the trash, not yet recorded; `trash:before-delete`: the
+destroy answered, the bundle not yet deleted). Without the variable every call is a dict lookup.
 """
 
 from __future__ import annotations

@@ -493,6 +493,7 @@ class ContainerActor:
                 )
             if c.has_own_layer and quota != lim.disk_quota(c.limits.disk):
                 await self._kernel.set_disk_quota(plan, quota)
+                faults.reached("limits:after-disk")
         cgroup_kinds = changed & _CGROUP_KINDS
         if cgroup_kinds:
             target = lim.resource_limits(new)
@@ -508,6 +509,7 @@ class ContainerActor:
                 }
             )
             kernel = await self._kernel.set_limits(plan, change)
+            faults.reached("limits:after-cgroup")
             new = lim.with_kernel_values(new, kernel, cgroup_kinds)
         await self._journal.record(
             ev.LimitsSet(handle=self.handle, limits=lim.only_kinds(new, changed)), origin=origin

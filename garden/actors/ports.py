@@ -50,6 +50,12 @@ class ResourceKernel(Protocol):
         change. `ConflictError` below current use or beyond what the layer can hold."""
         ...
 
+    async def reconcile_limits(self, plan: ContainerPlan) -> list[str]:
+        """At start-up: make the kernel hold the limits of `plan` (`resources`, `disk`) where
+        it holds others (a change the kernel made before a crash kept it from being
+        recorded, so it was never in force for any client); return the kinds corrected."""
+        ...
+
     async def stats(self, plan: ContainerPlan) -> ContainerStats:
         """Memory, cpu, disk and pids figures read from the kernel now."""
         ...

@@ -62,6 +62,7 @@ from garden.config import ServerConfig
 from garden.errors import (
     CapacityExhaustedError,
     ContainerNotFoundError,
+    GardenError,
     HandleInUseError,
     InvalidRequestError,
     PropertyNotFoundError,
@@ -126,13 +127,17 @@ class Supervisor:
 
         Containers are recovered RECOVER_AT_ONCE at a time: each records an event, and
         concurrent records share an fsync (1,000 containers one by one wait for 1,000)."""
+        started = trio.current_time()
+        count = len(self.state.containers)
         limiter = trio.CapacityLimiter(RECOVER_AT_ONCE)
         async with trio.open_nursery() as nursery:
             for record in list(self.state.containers.values()):
                 nursery.start_soon(self._recover_guarded, record, limiter)
+        adopted = trio.current_time()
         owned = {c.container_id for c in self.state.containers.values()}
         for container_id in await self.kernel.sweep(owned):
             await self.journal.record(ev.ResourceSwept(kind="container", name=container_id))
+        swept = trio.current_time()
         # Containers whose create or destroy was undone or finished above are gone from the
         # state: restoring the network from what is left releases their part too.
         live = [
@@ -145,6 +150,14 @@ class Supervisor:
             self.config.port_pool_start,
             self.config.port_pool_size,
             [_holding(c) for c in self.state.containers.values()],
+        )
+        now = trio.current_time()
+        log.info(
+            "recovered containers=%d adopt=%.3f sweep=%.3f network=%.3f",
+            count,
+            adopted - started,
+            swept - adopted,
+            now - swept,
         )
 
     async def _recover_guarded(self, record: ContainerState, limiter: trio.CapacityLimiter) -> None:
@@ -184,7 +197,23 @@ class Supervisor:
             else:
                 log.warning("recover-found-stopped handle=%s liveness=%s", handle, liveness)
                 await self.journal.record(ev.ContainerStopped(handle=handle, reason="init-exited"))
+                if liveness == "gone":
+                    await self._start_actor(handle, "adopt", ev.Origin())
+                    return
+        await self._reconcile_limits(record)
         await self._start_actor(handle, "adopt", ev.Origin())
+
+    async def _reconcile_limits(self, record: ContainerState) -> None:
+        """A limit change the kernel made but a crash kept from the log is undone."""
+        try:
+            corrected = await self.kernel.reconcile_limits(record.plan())
+        except GardenError as e:
+            log.warning("recover-limits-failed handle=%s error=%s", record.handle, e)
+            return
+        if corrected:
+            log.warning(
+                "recover-limits-corrected handle=%s kinds=%s", record.handle, ",".join(corrected)
+            )
 
     async def _start_actor(self, handle: str, mode: str, origin: ev.Origin) -> ContainerActor:
         assert self._nursery is not None

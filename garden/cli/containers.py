@@ -71,16 +71,18 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
     elif name == "events":
         p.description = (
             "Print the server's event log (`--json`: its NDJSON records as they are). "
-            "`garden events repair` works offline on --state-dir: it copies the valid prefix "
-            "of a damaged log to events.log.repaired (the original is never changed)."
+            "Offline, on --state-dir: `garden events verify` checks every record (checksum, "
+            "format, sequence), replays the log and checks the snapshot against it (exit 1 on "
+            "damage); `garden events repair` copies the valid prefix of a damaged log to "
+            "events.log.repaired (the original is never changed)."
         )
         p.set_defaults(func=events)
-        p.add_argument("action", nargs="?", choices=["repair"], help=argparse.SUPPRESS)
+        p.add_argument("action", nargs="?", choices=["repair", "verify"], help=argparse.SUPPRESS)
         p.add_argument(
             "--state-dir",
             default="/var/lib/garden",
             metavar="DIR",
-            help="for `repair`: the server's state dir",
+            help="for `verify` and `repair`: the server's state dir",
         )
         p.add_argument(
             "--since", type=int, default=0, metavar="SEQ", help="after this sequence number"
@@ -383,6 +385,8 @@ def property_rm(args: argparse.Namespace) -> int:
 def events(args: argparse.Namespace) -> int:
     if args.action == "repair":
         return repair_log(args)
+    if args.action == "verify":
+        return verify_log(args)
     with make_client(args).events(args.since, follow=args.follow) as stream:
         if args.json:
             for line in stream.lines():
@@ -398,6 +402,40 @@ def events(args: argparse.Namespace) -> int:
             )
             sys.stdout.flush()
     return EXIT_OK
+
+
+def verify_log(args: argparse.Namespace) -> int:
+    """Offline: every finding of `garden.events.verify` (one a line, or the report as JSON);
+    exit 1 if any is damage."""
+    from pathlib import Path
+
+    from garden.events.verify import verify
+
+    path = Path(args.state_dir, "events.log")
+    if not path.is_file():
+        raise UsageError(f"no event log at {path}")
+    report = verify(Path(args.state_dir))
+    if args.json:
+        print_json(report)
+        return EXIT_OK if report.ok else EXIT_ERROR
+    for f in report.findings:
+        where = " ".join(
+            part
+            for part in (
+                f"byte {f.offset}" if f.offset is not None else "",
+                f"seq {f.seq}" if f.seq is not None else "",
+            )
+            if part
+        )
+        level = "error" if f.is_error else "warning"
+        print(f"{level}: {f.kind}{f' at {where}' if where else ''}: {f.detail}")
+    snapshot = f"snapshot at seq {report.snapshot_seq}" if report.snapshot_seq else "no snapshot"
+    verdict = "ok" if report.ok else "DAMAGED"
+    print(
+        f"{verdict}: {report.records} records up to seq {report.last_seq}, {report.bytes} bytes, "
+        f"{report.containers} containers after replay, {snapshot}"
+    )
+    return EXIT_OK if report.ok else EXIT_ERROR
 
 
 def repair_log(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from garden.errors import CgroupError, ConflictError, GardenError, KernelError
 from garden.linux import oci
 from garden.linux.bind_mounts import checked_mounts
 from garden.linux.cgroups import Cgroups
+from garden.linux.cgroups.cpu import DEFAULT_SHARES
 from garden.linux.disk import LayerQuota, LoopImageQuota
 from garden.linux.images.store import LayerStore
 from garden.linux.layer_usage import upper_usage
@@ -121,6 +122,8 @@ class LinuxContainers:
         self.images = images if images is not None else LayerStore(self.state_dir / "images")
         self._parents_ready: set[str] = set()
         self._failed_undos: set[str] = set()  # container ids whose create undo failed
+        self.limits_changing_dir = self.state_dir / "limits-changing"
+        self._limits_changing: set[str] | None = None  # read at the first reconcile
         self._swap_accounting: dict[str, bool] = {}
         self._allowed_caps = oci.caps_from_mask(capability_bounding_mask())
 
@@ -216,11 +219,16 @@ class LinuxContainers:
                 await signal_and_wait_all(others, sig)
 
     async def probe(self, plan: ContainerPlan, started: Started | None) -> Liveness:
+        """The recorded init (pid + start time, from /proc: a pid is reused only with another
+        start time) decides; the runtime is asked (`runc state`, a process of ~7 ms) only when
+        no init was recorded."""
         cid = plan.container_id
-        if started is None or is_running(started.pid, started.pid_start_time):
+        if started is not None:
+            if is_running(started.pid, started.pid_start_time):
+                return "running"
+        else:
             state = await self.runtime.state(cid) or {}
-            expected_pid = state.get("pid") if started is None else started.pid
-            if state.get("status") == "running" and state.get("pid") == expected_pid:
+            if state.get("status") == "running" and state.get("pid"):
                 return "running"
         if self._has_resources(cid, plan):
             return "stopped"
@@ -232,6 +240,7 @@ class LinuxContainers:
     # -- limits and figures (ResourceKernel) ----------------------------------------------------
 
     async def set_limits(self, plan: ContainerPlan, change: LimitChange) -> ResourceLimits:
+        self._mark_limits_changing(plan.container_id)
         return await self.cgroups.set_limits(plan.cgroup_path, change)
 
     async def set_disk_quota(self, plan: ContainerPlan, quota: DiskQuota) -> None:
@@ -241,7 +250,78 @@ class LinuxContainers:
                 "filesystem of its own; give limits.disk when creating it",
                 handle=plan.handle,
             )
+        self._mark_limits_changing(plan.container_id)
         await self.disk.limit(Path(plan.container_path), quota)
+
+    async def reconcile_limits(self, plan: ContainerPlan) -> list[str]:
+        """Only containers marked since the last start (`_mark_limits_changing`) are read:
+        three cgroup reads and a statvfs for each of 1,000 containers cost more than a
+        second at a restart."""
+        if self._limits_changing is None:
+            try:
+                self._limits_changing = set(os.listdir(self.limits_changing_dir))
+            except FileNotFoundError:
+                self._limits_changing = set()
+        if plan.container_id not in self._limits_changing:
+            await trio.lowlevel.checkpoint()
+            return []
+        corrected = await self._reconcile_limits(plan)
+        self._limits_changing.discard(plan.container_id)
+        self._unmark_limits_changing(plan.container_id)
+        return corrected
+
+    def _mark_limits_changing(self, cid: str) -> None:
+        """A limit of `cid` is about to change in the kernel: until the next start has
+        compared it with the log, a crash may have left the kernel ahead of the log. A file
+        per container in `limits-changing/` (a process crash keeps it; a host crash takes
+        the cgroups too)."""
+        try:
+            self.limits_changing_dir.mkdir(mode=0o700, exist_ok=True)
+            (self.limits_changing_dir / cid).touch()
+        except OSError as e:
+            raise KernelError(f"mark the limits of {cid} as changing", e) from e
+
+    def _unmark_limits_changing(self, cid: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.limits_changing_dir / cid).unlink()
+
+    async def _reconcile_limits(self, plan: ContainerPlan) -> list[str]:
+        try:
+            # Three small reads of cgroupfs: quicker than a hop to a worker thread.
+            have = self.cgroups.limits(plan.cgroup_path)
+        except CgroupError:
+            if self.cgroups.exists(plan.cgroup_path):
+                raise
+            return []  # its init is gone and the cgroup with it: nothing holds a limit
+        want = plan.resources
+        change = LimitChange(
+            **{
+                field: getattr(want, field)
+                for field, wanted, held in (
+                    ("memory_bytes", want.memory_bytes, have.memory_bytes),
+                    ("cpu_shares", want.cpu_shares or DEFAULT_SHARES, have.cpu_shares),
+                    ("pids_max", want.pids_max, have.pids_max),
+                )
+                if wanted != held
+            }
+        )
+        corrected = [
+            kind
+            for kind, field in (
+                ("memory", "memory_bytes"),
+                ("cpu", "cpu_shares"),
+                ("pids", "pids_max"),
+            )
+            if getattr(change, field) is not msgspec.UNSET
+        ]
+        if corrected:
+            await self.cgroups.set_limits(plan.cgroup_path, change)
+        else:
+            await trio.lowlevel.checkpoint()
+        if plan.disk is not None:
+            # Idempotent: a quota already in force changes nothing (a few statvfs calls).
+            await self.disk.limit(Path(plan.container_path), plan.disk)
+        return corrected
 
     async def stats(self, plan: ContainerPlan) -> ContainerStats:
         # A dozen reads of cgroup files and a statvfs (or a walk of the upper dir): off the
@@ -326,6 +406,7 @@ class LinuxContainers:
         faults.reached("destroy:after-unmount")
         await self.disk.release(cpath)
         await remove_tree(cpath, self.trash)
+        self._unmark_limits_changing(cid)
 
     async def _release_runtime(self, cid: str, cpath: Path, cgroup_path: str) -> None:
         """Kill the init (the kernel then kills its pid namespace), kill any straggler left in

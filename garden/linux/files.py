@@ -36,6 +36,7 @@ from typing import Final, Literal, final
 
 import trio
 
+from garden import faults
 from garden.errors import (
     ConflictError,
     DiskLimitExceededError,
@@ -194,6 +195,7 @@ class LinuxSource:
                 if not data:
                     raise KernelError("read file", f"it shrank by {left} bytes while being read")
                 writer.write(data)
+                faults.reached("files:out-mid-stream")
                 left -= len(data)
         finally:
             self.close()
@@ -309,7 +311,9 @@ def write_file(
                 f.reserve(size)
             while (block := reader.next_block()) is not None:
                 f.writev(block)
+                faults.reached("files:in-mid-stream")
             f.finish(uid=owner.host_uid, gid=owner.host_gid, mode=_RAW_MODE)
+            faults.reached("files:before-publish")
             f.publish(name)
     finally:
         if parent_fd >= 0:

@@ -102,6 +102,7 @@ def leftovers(
     runtime_root = state_dir / "runtime"
     found += [f"runtime {d}" for d in _entries(runtime_root) if (runtime_root / d).is_dir()]
     found += [f"trash {d}" for d in _entries(trash)]
+    found += [f"limits-changing {d}" for d in _entries(state_dir / "limits-changing")]
     images = state_dir / "images"
     found += [f"image temp {p}" for p in images.glob("**/.tmp-*")] if images.exists() else []
     found += [f"image trash {d}" for d in _entries(images / "trash")]

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import final
 
+from garden import faults
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 _libc.fallocate.restype = ctypes.c_int
@@ -83,11 +85,23 @@ class NewFile:
             os.utime(self.fd, (mtime, mtime))
 
     def publish(self, name: str) -> None:
-        """Rename the file over `name` (atomically replacing a file or symlink there)."""
+        """Give the file the name `name`, atomically replacing a file or symlink there. An
+        unnamed file with nothing at `name` is linked there directly, so a killed server
+        leaves no temporary name behind; a replacement is linked under a temporary name and
+        renamed over the old entry."""
         if self._temp is None:
+            source = f"/proc/self/fd/{self.fd}"
+            try:
+                os.link(source, name, dst_dir_fd=self._parent)
+            except FileExistsError:
+                pass
+            else:
+                self._done = True
+                return
             temp = temp_name()
-            os.link(f"/proc/self/fd/{self.fd}", temp, dst_dir_fd=self._parent)
+            os.link(source, temp, dst_dir_fd=self._parent)
             self._temp = temp
+            faults.reached("files:after-link")
         rename_into_place(self._parent, self._temp, name)
         self._temp = None
         self._done = True

@@ -132,7 +132,8 @@ class LinuxProcesses:
         for pdir in found:
             await trio.to_thread.run_sync(monitor.kill_unrecorded, pdir)
             await trio.to_thread.run_sync(shutil.rmtree, pdir, True)
-        self.sweep_socket_dir()
+        if found:  # (the server's start sweeps the whole socket dir once)
+            self.sweep_socket_dir()
         return [p.name for p in found]
 
     def sweep_socket_dir(self) -> None:

@@ -21,7 +21,10 @@ from typing import final
 
 import trio
 
+from garden import faults
 from garden.errors import MountError
+
+DRAIN_TIMEOUT = 5.0  # how long a stopping server keeps deleting what is queued
 
 
 @final
@@ -29,6 +32,7 @@ class Trash:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._send, self._receive = trio.open_memory_channel[Path](math.inf)
+        self._drained = trio.Event()
 
     async def discard(self, path: Path) -> None:
         """Move `path` into the trash and queue its deletion; an absent path is done. The
@@ -44,21 +48,42 @@ class Trash:
             if e.errno != errno.EXDEV:
                 raise MountError(f"move {path} to the trash", e) from e
             target = path  # another filesystem: delete it where it is
-        self._send.send_nowait(target)
+        faults.reached("destroy:after-trash")
+        try:
+            self._send.send_nowait(target)
+        except trio.ClosedResourceError:  # the trash is closing: delete it here
+            await trio.to_thread.run_sync(_delete, target)
+            return
         await trio.lowlevel.checkpoint()
+
+    async def drain(self) -> None:
+        """Accept nothing more; return once everything queued is deleted (by `run`, or here
+        when `run` was cancelled first)."""
+        self._send.close()
+        await self._drained.wait()
+        while True:
+            try:
+                path = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            await trio.to_thread.run_sync(_delete, path)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Delete what is in the trash (left by an earlier run, then what is discarded), one
         entry at a time in a worker thread, until cancelled."""
         task_status.started()
         try:
-            left = [self.directory / name for name in os.listdir(self.directory)]
-        except FileNotFoundError:
-            left = []
-        for path in left:
-            await trio.to_thread.run_sync(_delete, path)
-        async for path in self._receive:
-            await trio.to_thread.run_sync(_delete, path)
+            try:
+                left = [self.directory / name for name in os.listdir(self.directory)]
+            except FileNotFoundError:
+                left = []
+            for path in left:
+                await trio.to_thread.run_sync(_delete, path)
+            async for path in self._receive:
+                faults.reached("trash:before-delete")
+                await trio.to_thread.run_sync(_delete, path)
+        finally:
+            self._drained.set()
 
 
 def _delete(path: Path) -> None:
@@ -67,10 +92,14 @@ def _delete(path: Path) -> None:
 
 @asynccontextmanager
 async def open_trash(directory: Path) -> AsyncIterator[Trash]:
-    """A `Trash` whose deleting task runs until the block ends (what is left then is deleted
-    after the next start)."""
+    """A `Trash` whose deleting task runs until the block ends; then what is queued is still
+    deleted for at most `DRAIN_TIMEOUT` (what is left then is deleted after the next start)."""
     async with trio.open_nursery() as nursery:
         trash = Trash(directory)
         await nursery.start(trash.run)
-        yield trash
-        nursery.cancel_scope.cancel()
+        try:
+            yield trash
+        finally:
+            with trio.move_on_after(DRAIN_TIMEOUT, shield=True):
+                await trash.drain()
+            nursery.cancel_scope.cancel()

@@ -112,6 +112,17 @@ def leftovers(config: ServerConfig, settle: float = 5.0) -> list[str]:
     )
 
 
+def trash_left(config: ServerConfig, deadline: float) -> list[str]:
+    """Destroyed bundles not yet deleted: a server deletes them in the background after it
+    answered (and after its next start, those a crash left), so they get until `deadline`."""
+    trash = Path(config.state_dir, "trash")
+    while True:
+        left = sorted(os.listdir(trash)) if trash.exists() else []
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.02)
+
+
 async def force_cleanup(config: ServerConfig) -> None:
     """Release whatever a failed test left, so one failure does not leak into the machine."""
     from garden.main import build_kernel, build_networker
@@ -192,6 +203,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.extra_args: list[str] = []
+        self.start_timeout = 10.0  # seconds for /ping to answer after the exec
         self.log = state_dir.parent / "server.log"
         state_dir.parent.mkdir(parents=True, exist_ok=True)
 
@@ -224,7 +236,7 @@ class ServerProcess:
                 argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
             )
         with httpx.Client(base_url=self.url) as c:
-            for _ in range(400):
+            for _ in range(int(self.start_timeout / 0.025)):
                 try:
                     if c.get("/ping").status_code == 200:
                         return

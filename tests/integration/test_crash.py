@@ -5,13 +5,15 @@ usable or fully gone, nothing is listed but broken, no handle is lost, and nothi
 from __future__ import annotations
 
 import json
+import os
 import signal
+import time
 from collections.abc import Callable
 
 import httpx
 import pytest
 
-from tests.integration.conftest import ServerProcess, leftovers
+from tests.integration.conftest import ServerProcess, leftovers, trash_left
 
 pytestmark = pytest.mark.root
 
@@ -67,6 +69,7 @@ CASES: list[tuple[str, Callable[[httpx.Client], None], bool]] = [
     ("record:ContainerDestroyStarted", op_destroy, False),
     ("destroy:after-runtime", op_destroy, False),
     ("destroy:after-unmount", op_destroy, False),
+    ("destroy:after-trash", op_destroy, False),
     ("record:ContainerDestroyed", op_destroy, False),
     ("record:PropertySet", op_property, True),
     ("process:after-spawn", op_run, True),
@@ -114,5 +117,30 @@ def test_crash_at(
             assert create(c, "victim").status_code == 200
         for handle in c.get("/containers").json()["handles"]:
             assert c.delete(f"/containers/{handle}").status_code == 200
+    sp.kill(signal.SIGTERM)
+    assert leftovers(sp.config) == []
+
+
+def test_crash_between_trash_rename_and_delete_next_start_deletes_bundle(
+    server_process: ServerProcess,
+) -> None:
+    """The destroy moved the bundle into `<state>/trash` (and may have answered); the server
+    died before deleting it: the next start deletes it, and the container stays gone."""
+    sp = server_process
+    sp.start(crash_at="trash:before-delete")
+    with httpx.Client(base_url=sp.url, timeout=TIMEOUT) as c:
+        assert create(c, "victim").status_code == 200
+        try:
+            assert c.delete("/containers/victim").status_code == 200
+        except httpx.TransportError:
+            pass  # killed before the answer went out: the intent was recorded all the same
+    assert sp.wait_crashed() == -signal.SIGKILL
+    trash = sp.state_dir / "trash"
+    assert len(os.listdir(trash)) == 1  # renamed, not deleted
+    sp.start()
+    with httpx.Client(base_url=sp.url, timeout=TIMEOUT) as c:
+        assert c.get("/containers").json()["handles"] == []
+        assert c.get("/containers/victim/info").status_code == 404
+    assert trash_left(sp.config, time.monotonic() + 10) == []
     sp.kill(signal.SIGTERM)
     assert leftovers(sp.config) == []

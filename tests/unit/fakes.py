@@ -109,6 +109,11 @@ class FakeKernel:
             raise ConflictError(f"below the {used} bytes in use")
         self.disk_quotas[plan.container_id] = quota
 
+    async def reconcile_limits(self, plan: ContainerPlan) -> list[str]:
+        self.calls.append(("reconcile_limits", plan.handle))
+        await trio.lowlevel.checkpoint()
+        return []
+
     async def stats(self, plan: ContainerPlan) -> ContainerStats:
         await trio.lowlevel.checkpoint()
         if plan.container_id not in self.live:

@@ -29,9 +29,17 @@ class CgroupsV1:
     def __init__(self, root: str | Path = "/sys/fs/cgroup") -> None:
         self.root = Path(root)
         self._by_controller: dict[str, Path] = {}
+        self._hierarchies: list[Path] | None = None
 
     def hierarchies(self) -> list[Path]:
-        """Mount points of the hierarchies, each once, sorted by name."""
+        """Mount points of the hierarchies, each once, sorted by name. Looked up once: they
+        are mounted before the server starts and stay (a scan of the root is a few dozen stat
+        calls, and `pids`, `exists`, `limits` and `remove` ask for it for every container)."""
+        if self._hierarchies is None:
+            self._hierarchies = self._scan()
+        return list(self._hierarchies)
+
+    def _scan(self) -> list[Path]:
         seen: set[str] = set()
         out: list[Path] = []
         for name in subdirs(self.root) + self._symlinked():

@@ -113,11 +113,17 @@ class LinuxNetworker:
         deleted = await trio.to_thread.run_sync(netlink.delete_links, stray)
         for name in deleted:
             log.warning("sweep-link name=%s", name)
+        buckets: list[tuple[str, str, Bandwidth]] = []
         for c in with_net:
             net, bw = _net(c.plan), c.wiring.bandwidth
             veth, ifb = names.host_veth(self.tag, net), names.ifb(self.tag, net)
             if bw is not None and veth in found and ifb not in found:
                 await self._apply_limit(net, bw, fresh=True)
+            elif bw is not None and veth in found:
+                buckets.append((veth, ifb, bw))
+        # A change of one limit to another whose recording a crash prevented: the buckets
+        # get the logged rate again (one tc run for every limited container).
+        await tc.set_buckets(buckets)
         return deleted
 
     async def remove_all(self) -> None:

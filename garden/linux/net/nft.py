@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import ipaddress
+import os
 import shutil
 import subprocess
 import threading
@@ -51,11 +53,11 @@ class Nft:
 
     def __init__(self) -> None:
         self._lib: ctypes.CDLL | None = None
+        self._nft = shutil.which("nft") or "/usr/sbin/nft"
         path = ctypes.util.find_library("nftables") or "libnftables.so.1"
         try:
             lib = ctypes.CDLL(path)
         except OSError:
-            self._nft = shutil.which("nft") or "/usr/sbin/nft"
             return
         lib.nft_ctx_new.restype = ctypes.c_void_p
         lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
@@ -72,8 +74,14 @@ class Nft:
         self._lock = threading.Lock()  # libnftables keeps a little global state (e.g. caches)
 
     def run(self, script: str, what: str = "nft") -> str:
-        """Run `script` as one transaction (blocking); its output, or `NftError`."""
-        if self._lib is None:
+        """Run `script` as one transaction (blocking); its output, or `NftError`.
+
+        libnftables 1.0.6 waits for the kernel's answer with select(), which aborts the whole
+        process (glibc: "bit out of range 0 - FD_SETSIZE on fd_set") when its netlink socket
+        gets a descriptor number of 1024 or more, as it does once a server holds a pidfd and
+        an OOM eventfd for each of 1,000 containers. Then the `nft` binary (its own, low,
+        descriptors) runs the script instead."""
+        if self._lib is None or not _low_fds_free():
             proc = subprocess.run(
                 [self._nft, "-f", "-"], input=script.encode(), capture_output=True, check=False
             )
@@ -96,6 +104,17 @@ class Nft:
         if rc != 0:
             raise NftError(what, err.decode(errors="replace").strip())
         return out.decode(errors="replace")
+
+
+FD_SETSIZE = 1024
+_FD_MARGIN = 128  # descriptors other threads may open between the check and the call
+
+
+def _low_fds_free() -> bool:
+    """True if the next descriptors this process opens are well below FD_SETSIZE."""
+    fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    os.close(fd)
+    return fd < FD_SETSIZE - _FD_MARGIN
 
 
 # -- the text of the table and its changes (pure) -----------------------------------------------
@@ -301,4 +320,10 @@ def _set_of(items: list[str]) -> str:
 
 
 def is_static(net: NetworkPlan, pool: str) -> bool:
-    return not ipaddress.IPv4Network(net.subnet).subnet_of(ipaddress.IPv4Network(pool))
+    return _is_static(net.subnet, pool)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_static(subnet: str, pool: str) -> bool:
+    # Cached: a restart asks twice for each container, and parsing is not cheap.
+    return not ipaddress.IPv4Network(subnet).subnet_of(ipaddress.IPv4Network(pool))

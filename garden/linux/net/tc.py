@@ -60,6 +60,13 @@ async def apply_limit(veth: str, ifb: str, bw: Bandwidth, *, fresh: bool) -> Non
     await _batch(lines, f"limit bandwidth of {veth} to {bw.rate} B/s")
 
 
+async def set_buckets(limits: list[tuple[str, str, Bandwidth]]) -> None:
+    """Set the buckets of each (veth, ifb, limit) whose redirect is in place, in one tc run."""
+    if limits:
+        lines = [line for veth, ifb, bw in limits for line in (_tbf(veth, bw), _tbf(ifb, bw))]
+        await _batch(lines, f"restore the bandwidth limits of {len(limits)} containers")
+
+
 async def clear_limit(veth: str) -> None:
     """Remove both buckets and the redirect from `veth` (what is missing is skipped)."""
     await _batch(

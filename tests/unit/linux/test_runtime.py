@@ -64,6 +64,27 @@ async def test_probe_auto_prefers_crun_where_it_works(tmp_path: Path) -> None:
     assert rt.name == "crun"
 
 
+async def test_probe_auto_keeps_the_runtime_of_live_containers(tmp_path: Path) -> None:
+    """Regression: "auto" picked runc when a fleet was made, crun after a restart (the host
+    changed), and every live container was then found stopped."""
+    import shutil
+
+    if shutil.which("crun") is None or shutil.which("runc") is None:
+        pytest.skip("needs both runc and crun installed")
+    refusing, willing = tmp_path / "cg1", tmp_path / "cg2"
+    (refusing / "unified").mkdir(parents=True)
+    (refusing / "unified" / "cgroup.controllers").write_text("hugetlb\n")
+    willing.mkdir()
+    (willing / "cgroup.controllers").write_text("cpu memory\n")
+    root = tmp_path / "r"
+    assert (await probe_runtime("auto", root=root, cgroup_root=refusing)).name == "runc"
+    # No containers yet: the next start may choose again.
+    assert (await probe_runtime("auto", root=root, cgroup_root=willing)).name == "crun"
+    assert (await probe_runtime("auto", root=root, cgroup_root=refusing)).name == "runc"
+    (root / "0123abcd").mkdir()  # a container runc made
+    assert (await probe_runtime("auto", root=root, cgroup_root=willing)).name == "runc"
+
+
 def test_container_ids_and_knows(tmp_path: Path) -> None:
     rt = Runtime("/usr/bin/false", tmp_path / "root")
     assert rt.container_ids() == []

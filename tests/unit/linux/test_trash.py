@@ -38,3 +38,26 @@ async def test_leftovers_of_an_earlier_run_are_deleted(tmp_path: Path) -> None:
     _tree(tmp_path / "trash" / "old.1234")
     async with open_trash(tmp_path / "trash"):
         await _until_empty(tmp_path / "trash")
+
+
+async def test_leaving_the_block_deletes_what_is_queued(tmp_path: Path) -> None:
+    async with open_trash(tmp_path / "trash") as trash:
+        for name in ("a", "b", "c"):
+            await trash.discard(_tree(tmp_path / "containers" / name))
+    assert list((tmp_path / "trash").iterdir()) == []
+
+
+async def test_a_cancelled_block_deletes_what_is_queued_without_waiting_out_the_bound(
+    tmp_path: Path,
+) -> None:
+    """Regression: when the server's nursery is cancelled, the deleting task is cancelled
+    too; the drain must not wait its whole bound for a task that is gone."""
+    started = trio.current_time()
+    with trio.CancelScope() as scope:
+        async with open_trash(tmp_path / "trash") as trash:
+            for name in ("a", "b"):
+                await trash.discard(_tree(tmp_path / "containers" / name))
+            scope.cancel()
+            await trio.sleep_forever()
+    assert list((tmp_path / "trash").iterdir()) == []
+    assert trio.current_time() - started < 2.0
