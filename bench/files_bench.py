@@ -4,7 +4,7 @@ and read speed of the same filesystem measured alongside (this machine is shared
 the baseline of the same run, never with numbers of another run; the server's CPU seconds per
 GiB are the steadier figure).
 
-    sudo .venv/bin/python bench/files_bench.py [--size-mib 1024] [--url URL --handle H] [--json]
+    sudo .venv/bin/python -m bench.files_bench [--size-mib 1024] [--url URL --handle H] [--json]
 
 Without --url it starts its own `garden server` (a separate process, own state dir and tag,
 as root) and creates a container; with --url it uses that server and container and reports no
