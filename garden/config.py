@@ -19,6 +19,8 @@ DEFAULT_UID_BASE = 1_000_000_000
 TAG_RE = re.compile(r"[a-z][a-z0-9]{0,7}")
 # conmon's attach sockets live in <this>/<tag> (short: a socket path has 108 bytes).
 MONITOR_SOCKET_ROOT = "/run/garden-trio"
+DEFAULT_DOCKER_REGISTRY = "registry-1.docker.io"  # Docker Hub, as in Garden
+REGISTRY_RE = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 
 
 @final
@@ -63,6 +65,12 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # A snapshot of the state is written every this many records (and at shutdown), so a
     # start replays at most about this many (docs/events.md#snapshots).
     snapshot_every: int = 20_000
+    # Registry images (docs/images.md): the registry of `docker:///name`, the registries
+    # spoken to over plain http, and the seconds a registry has to connect and then to answer
+    # each read.
+    docker_registry: str = DEFAULT_DOCKER_REGISTRY
+    insecure_docker_registries: tuple[str, ...] = ()
+    registry_timeout: float = 30.0
 
     @property
     def state_path(self) -> Path:
@@ -120,6 +128,11 @@ def validate(config: ServerConfig) -> ServerConfig:
         raise ConfigError("--keep-alive-timeout: must be 1-3600 seconds")
     if not 1 <= config.uid_base <= 2**32 - 2 - 65536:
         raise ConfigError("--uid-base: out of range")
+    for registry in (config.docker_registry, *config.insecure_docker_registries):
+        if not REGISTRY_RE.fullmatch(registry):
+            raise ConfigError(f"--docker-registry/--insecure-docker-registry: bad {registry!r}")
+    if not 0 < config.registry_timeout <= 3600:
+        raise ConfigError("--registry-timeout: must be > 0 and <= 3600 seconds")
     return config
 
 

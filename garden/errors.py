@@ -219,6 +219,13 @@ class ImageNotFoundError(GardenError):
     kind = "ImageNotFoundError"
 
 
+class RegistryError(GardenError):
+    """An image registry could not be reached, timed out, or answered with an error other
+    than "not found" (its own error is in the message). Answered 502."""
+
+    kind = "RegistryError"
+
+
 class InvalidImageError(InvalidRequestError):
     """An image that cannot be used: unreadable manifest, a digest that does not match, a
     layer member escaping its layer."""

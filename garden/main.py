@@ -32,6 +32,8 @@ from garden.http.tuning import tune_for_streaming
 from garden.linux.cgroups import detect
 from garden.linux.containers import LinuxContainers
 from garden.linux.files import LinuxFiles
+from garden.linux.images.registry import Registries, RegistryOptions
+from garden.linux.images.store import LayerStore
 from garden.linux.keys import ensure_key_quota
 from garden.linux.net.networker import LinuxNetworker
 from garden.linux.output import open_log_watcher
@@ -64,6 +66,17 @@ async def build_kernel(config: ServerConfig, *, trash: Trash | None = None) -> L
         cache_dir=state_dir / "rootfs-cache",
         cgroup_parent=config.cgroup_parent,
         trash=trash,
+        images=LayerStore(state_dir / "images", registries_of(config)),
+    )
+
+
+def registries_of(config: ServerConfig) -> Registries:
+    return Registries(
+        RegistryOptions(
+            default=config.docker_registry,
+            insecure=config.insecure_docker_registries,
+            timeout=config.registry_timeout,
+        )
     )
 
 

@@ -22,6 +22,7 @@ readonly PACKAGES=(
   nftables iptables iproute2        # container networking
   busybox-static                    # the default rootfs
   zstd                              # zstd-compressed image layers (docs/images.md)
+  skopeo docker-registry            # registry tests: push images to a local registry
   e2fsprogs util-linux              # loop-image disk limits (mkfs.ext4, losetup, mount)
   python3 python3-venv python3-dev  # the server itself
   git ca-certificates procps

@@ -63,10 +63,6 @@ def check_spec(spec: ContainerSpec, config: ServerConfig) -> str | ImageSource:
     if rootfs.path:  # a host directory or an image file (docker:// has none)
         check_host_source(rootfs.path, config, "rootfs")
     if isinstance(rootfs, ImageSource):
-        if rootfs.kind == "docker":
-            raise InvalidRequestError(
-                f"rootfs {rootfs.uri()}: registry images are not supported yet (docs/images.md)"
-            )
         return rootfs
     if not os.path.isdir(rootfs.path):
         raise InvalidRequestError(f"rootfs {rootfs.path!r} is not a directory on the host")

@@ -112,6 +112,27 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
         help="refuse privileged containers (root in them is root on the host) with a 403",
     )
     p.add_argument("--stop-timeout", type=float, default=d.stop_timeout, metavar="SECONDS")
+    p.add_argument(
+        "--docker-registry",
+        default=d.docker_registry,
+        metavar="HOST[:PORT]",
+        help="the registry of docker:///name rootfs URIs (default: Docker Hub)",
+    )
+    p.add_argument(
+        "--insecure-docker-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        dest="insecure_docker_registries",
+        help="a registry to pull from over plain http (repeatable)",
+    )
+    p.add_argument(
+        "--registry-timeout",
+        type=float,
+        default=d.registry_timeout,
+        metavar="SECONDS",
+        help="a registry's time to connect, and then to answer each read",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -124,6 +145,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["deny_networks"] = tuple(values.get("deny_networks", ()))
     values["dns_servers"] = tuple(values.get("dns_servers", ()))
+    values["insecure_docker_registries"] = tuple(values.get("insecure_docker_registries", ()))
     try:
         config = msgspec.convert(values, ServerConfig)
     except msgspec.ValidationError as exc:

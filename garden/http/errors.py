@@ -27,6 +27,7 @@ STATUS: dict[type[e.GardenError], int] = {
     e.DiskLimitExceededError: 507,
     e.InsufficientStorageError: 507,
     e.CapacityExhaustedError: 503,
+    e.RegistryError: 502,
     e.ServiceUnavailableError: 503,
     e.InternalError: 500,
 }

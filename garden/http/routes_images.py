@@ -46,7 +46,7 @@ def register(app: QuartTrio, sup: Supervisor) -> None:
     async def import_image() -> Response:
         req = await read_json(ImportRequest)
         source = parse_rootfs(req.rootfs)
-        if not isinstance(source, ImageSource) or source.kind == "docker":
+        if not isinstance(source, ImageSource):
             raise InvalidRequestError(f"rootfs {req.rootfs!r}: not an image this server can read")
         service = sup.image_service()
         await service.store.inspect(source)  # a missing image is a 404 before the stream

@@ -7,7 +7,7 @@ here, before anything is recorded or built (docs/images.md).
 | `oci:///abs/layout[:tag]` | an OCI image layout; no tag: its only image, else `latest` |
 | `oci-archive:///abs/file.tar[:tag]` | the same layout in a tar |
 | `docker-archive:///abs/file.tar[:name:tag]` | what `docker save` writes |
-| `docker:///name[#tag]`, `docker://registry/name[#tag]` | a registry image (not supported yet) |
+| `docker:///name[#tag]`, `docker://host[:port]/name[#tag]` | a registry image (`:tag`, `@digest`) |
 
 A syntax error is an `InvalidRequestError` (400); a path that is not there is left to the
 reader of the image, which answers `ImageNotFoundError` (404).
@@ -27,7 +27,12 @@ ImageKind = Literal["oci", "oci-archive", "docker-archive", "docker"]
 IMAGE_KINDS: tuple[ImageKind, ...] = ("oci", "oci-archive", "docker-archive", "docker")
 
 _TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/@+-]{0,255}")
-_NAME_RE = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*")
+_NAME_RE = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
+# A registry tag (distribution's grammar) and a manifest digest.
+_DOCKER_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class HostDir(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +55,8 @@ class ImageSource(msgspec.Struct, frozen=True, kw_only=True):
         """The canonical form, as `GET /images` shows it."""
         if self.kind == "docker":
             where = f"{self.registry}/{self.name}" if self.registry else f"/{self.name}"
+            if _DIGEST_RE.fullmatch(self.tag):
+                return f"docker://{where}@{self.tag}"
             return f"docker://{where}" + (f"#{self.tag}" if self.tag else "")
         return f"{self.kind}://{self.path}" + (f":{self.tag}" if self.tag else "")
 
@@ -100,15 +107,31 @@ def _split_tag(rest: str, value: str) -> tuple[str, str]:
 
 
 def _docker(rest: str, value: str) -> ImageSource:
-    ref, _, tag = rest.partition("#")
+    """`docker:///name[#tag]` (the default registry) or `docker://host[:port]/name[#tag]`;
+    `name:tag` and `name@sha256:<hex>` are accepted for the tag too, as Docker writes them. A
+    digest is kept as the tag (`sha256:<hex>`): the registry is then asked for exactly it."""
+    ref, hash_sign, tag = rest.partition("#")
     registry, slash, name = ref.partition("/")
     if not slash:
         raise InvalidRequestError(
             f"rootfs {value!r}: expected docker:///name or docker://host/name"
         )
+    if "@" in name:
+        name, _, tag_or_digest = name.partition("@")
+        if hash_sign or not _DIGEST_RE.fullmatch(tag_or_digest):
+            raise InvalidRequestError(f"rootfs {value!r}: bad digest {tag_or_digest!r}")
+        tag = tag_or_digest
+    elif ":" in name:
+        if hash_sign:
+            raise InvalidRequestError(f"rootfs {value!r}: both :tag and #tag")
+        name, _, tag = name.partition(":")
+        if not tag:
+            raise InvalidRequestError(f"rootfs {value!r}: empty tag")
+    elif hash_sign and not tag:
+        raise InvalidRequestError(f"rootfs {value!r}: empty tag")
     if not _NAME_RE.fullmatch(name):
         raise InvalidRequestError(f"rootfs {value!r}: bad image name {name!r}")
-    if tag and not _TAG_RE.fullmatch(tag):
+    if tag and not (_DOCKER_TAG_RE.fullmatch(tag) or _DIGEST_RE.fullmatch(tag)):
         raise InvalidRequestError(f"rootfs {value!r}: bad tag {tag!r}")
     if registry and not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?", registry):
         raise InvalidRequestError(f"rootfs {value!r}: bad registry {registry!r}")

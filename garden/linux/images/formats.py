@@ -176,10 +176,7 @@ def blob_name(digest: str) -> str:
 def read_image(source: ImageSource) -> tuple[ImageManifest, ImageFiles]:
     """The image `source` names, and its files for reading the layers."""
     if source.kind == "docker":
-        raise InvalidImageError(
-            f"rootfs {source.uri()}: registry images are not supported by this server yet "
-            "(docs/images.md); save the image with `skopeo copy` to an oci: layout"
-        )
+        raise InvalidImageError(f"{source.uri()}: a registry image (the store pulls those)")
     files = ImageFiles(source.path)
     if source.kind == "docker-archive":
         return _docker_archive(files, source), files
@@ -201,25 +198,56 @@ def _oci(files: ImageFiles, source: ImageSource) -> ImageManifest:
         digest = _platform_manifest(_list(manifest, "manifests", files.path), files.path)
         manifest = files.read_blob_json(digest)
     config = files.read_blob_json(_str(_dict(manifest, "config", files.path), "digest", files.path))
-    diff_ids = _diff_ids(config, files.path)
-    layer_descs = _list(manifest, "layers", files.path)
+    return image_of(manifest, config, digest=digest, source=source, tags=tags, where=files.path)
+
+
+def config_digest(manifest: Any, where: str) -> str:
+    """The digest of an image manifest's config blob."""
+    return _str(_dict(manifest, "config", where), "digest", where)
+
+
+def image_of(
+    manifest: Any, config: Any, *, digest: str, source: ImageSource, tags: list[str], where: str
+) -> ImageManifest:
+    """An image manifest (OCI or Docker v2 schema 2) and its config, as the store keeps it;
+    `where` names the image in errors."""
+    diff_ids = _diff_ids(config, where)
+    layer_descs = _list(manifest, "layers", where)
     if len(layer_descs) != len(diff_ids):
         raise InvalidImageError(
-            f"image {files.path}: {len(layer_descs)} layers but {len(diff_ids)} diff_ids"
+            f"image {where}: {len(layer_descs)} layers but {len(diff_ids)} diff_ids"
         )
     layers = []
     for d, diff_id in zip(layer_descs, diff_ids, strict=True):
         media = str(d.get("mediaType", "application/vnd.oci.image.layer.v1.tar+gzip"))
         if media not in GZIP_TYPES | ZSTD_TYPES | TAR_TYPES:
-            raise InvalidImageError(f"image {files.path}: unsupported layer type {media}")
-        blob = _str(d, "digest", files.path)
+            raise InvalidImageError(f"image {where}: unsupported layer type {media}")
+        blob = _str(d, "digest", where)
         blob_name(blob)
+        size = d.get("size", 0)
         layers.append(
-            LayerRef(diff_id=diff_id, blob=blob, media_type=media, size=int(d.get("size", 0)))
+            LayerRef(
+                diff_id=diff_id,
+                blob=blob,
+                media_type=media,
+                size=size if isinstance(size, int) and size >= 0 else 0,
+            )
         )
     return ImageManifest(
         digest=digest, source=source.uri(), tags=tags, layers=layers, config=_config(config)
     )
+
+
+def is_index(manifest: Any) -> bool:
+    """Whether a manifest is a list of per-platform manifests (OCI index, Docker list)."""
+    return isinstance(manifest, dict) and (
+        manifest.get("mediaType") in _INDEX_TYPES or "manifests" in manifest
+    )
+
+
+def platform_manifest(index: Any, where: str) -> str:
+    """The digest of the `linux/<this machine's arch>` manifest of an index."""
+    return _platform_manifest(_list(index, "manifests", where), where)
 
 
 def _docker_archive(files: ImageFiles, source: ImageSource) -> ImageManifest:

@@ -24,9 +24,10 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import final
+from typing import IO, cast, final
 
 import msgspec
 import trio
@@ -36,6 +37,7 @@ from garden.images.model import ImageManifest, LayerRef, StoredImage, StoredLaye
 from garden.images.uri import ImageSource
 from garden.linux.images.blobs import tar_stream
 from garden.linux.images.formats import ImageFiles, blob_name, read_image, stamp
+from garden.linux.images.registry import Registries
 from garden.linux.images.unpack import LayerError, unpack_layer
 from garden.linux.rootfs import shift_owners
 
@@ -52,8 +54,9 @@ def _hex(digest: str) -> str:
 
 @final
 class LayerStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, registries: Registries | None = None) -> None:
         self.root = Path(root)
+        self.registries = registries if registries is not None else Registries()
         self.layers_dir = self.root / "layers" / "sha256"
         self.shifted_dir = self.root / "shifted"
         self.images_dir = self.root / "images"
@@ -66,9 +69,13 @@ class LayerStore:
 
     async def inspect(self, source: ImageSource) -> ImageManifest:
         """The manifest of the image `source` names. Cached while the image file (or the
-        layout's index.json) is unchanged, so a create from a known image reads nothing."""
+        layout's index.json) is unchanged, so a create from a known image reads nothing. A
+        registry is asked each time (a tag may have moved), but its layers are pulled only
+        when they are not in the store (`unpack`)."""
+        if source.kind == "docker":
+            return await trio.to_thread.run_sync(self.registries.read_image, source)
         seen = self._seen.get(source)
-        if seen is not None and source.kind != "docker" and seen[0] == stamp(source.path):
+        if seen is not None and seen[0] == stamp(source.path):
             return seen[1]
         manifest, files = await trio.to_thread.run_sync(read_image, source)
         self._seen[source] = (files.stamp, manifest)
@@ -103,14 +110,9 @@ class LayerStore:
         tmp.mkdir(mode=0o755)
         try:
             (tmp / "root").mkdir(mode=0o755)
-            files = ImageFiles(source.path)
-            name = layer.blob[5:] if layer.blob.startswith("path:") else blob_name(layer.blob)
             with (
-                files.open(name) as raw,
-                tar_stream(raw, layer.media_type, progress) as (
-                    blob,
-                    tar,
-                ),
+                self._open_blob(source, layer) as raw,
+                tar_stream(raw, layer.media_type, progress) as (blob, tar),
             ):
                 done = unpack_layer(tar, tmp / "root")  # type: ignore[arg-type]
             if tar.digest() != layer.diff_id:
@@ -134,6 +136,18 @@ class LayerStore:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    @contextmanager
+    def _open_blob(self, source: ImageSource, layer: LayerRef) -> Iterator[IO[bytes]]:
+        """The layer's blob: pulled from the registry, or read from the image's files."""
+        if source.kind == "docker":
+            with self.registries.open_blob(source, layer) as stream:
+                yield cast(IO[bytes], stream)
+            return
+        files = ImageFiles(source.path)
+        name = layer.blob[5:] if layer.blob.startswith("path:") else blob_name(layer.blob)
+        with files.open(name) as raw:
+            yield raw
 
     async def lower_dirs(self, diff_ids: list[str], uid_base: int | None) -> list[Path]:
         """The overlay lower dirs of a container of these layers (bottom first in
