@@ -46,6 +46,7 @@ MANIFEST_TYPES = (
 )
 _MAX_JSON = 16 << 20
 _BLOCK = 1 << 20
+_MAX_CONFIGS = 256  # image configs kept in memory, so a create from a known image fetches one
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -75,6 +76,7 @@ class Registries:
         self.options = options or RegistryOptions()
         self.transport = transport
         self._tokens: dict[tuple[str, str], str] = {}
+        self._configs: dict[str, Any] = {}  # by digest: content-addressed, never stale
         self._lock = threading.Lock()
         self.blob_gets = 0  # layer blobs fetched (tests read it)
 
@@ -108,7 +110,13 @@ class Registries:
                 f"type {manifest.get('mediaType')!r}): only OCI and Docker schema 2 images"
             )
         config_id = config_digest(manifest, where)
-        config = self._blob_json(ref, config_id, where)
+        config = self._configs.get(config_id)
+        if config is None:
+            config = self._blob_json(ref, config_id, where)
+            with self._lock:
+                if len(self._configs) >= _MAX_CONFIGS:
+                    self._configs.pop(next(iter(self._configs)))
+                self._configs[config_id] = config
         tags = [] if DIGEST_RE.fullmatch(ref.reference) else [ref.reference]
         return image_of(manifest, config, digest=digest, source=source, tags=tags, where=where)
 

@@ -1,0 +1,256 @@
+"""Containers from registry images (`docker://127.0.0.1:PORT/name#tag`, `docker:///name`): a
+local registry (Debian's `docker-registry`) started by each test on loopback, an image the test
+builds and pushes with skopeo; layers pulled once each, also under 10 concurrent creates; a
+missing tag or name is a 404, an unreachable or silent registry a quick 502."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from tests.imagebuild import write_oci_layout
+from tests.integration.conftest import Server, free_port
+from tests.integration.test_images import SCRIPT, _events, create, sample_image, sh
+
+pytestmark = pytest.mark.root
+
+TIMEOUT = 2.0  # the server's --registry-timeout in these tests
+
+
+class Registry:
+    """A `docker-registry` on 127.0.0.1, its storage and its log in a temp dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.log = root / "registry.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        config = self.root / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: info\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
+            f"http:\n  addr: {self.host}\n  secret: garden-trio-tests\n"
+        )
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["docker-registry", "serve", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        with httpx.Client(base_url=f"http://{self.host}") as c:
+            for _ in range(400):
+                try:
+                    if c.get("/v2/").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if self.proc.poll() is not None:
+                    break
+                # Waiting for another process to bind its port: nothing to await but time.
+                time.sleep(0.025)
+        raise AssertionError(f"docker-registry did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    async def push(self, layout: Path, tag: str, name: str, ref: str) -> None:
+        """Push the layout's image `tag` as `name:ref` (skopeo, plain http)."""
+        await trio.run_process(
+            [
+                "skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
+                f"oci:{layout}:{tag}", f"docker://{self.host}/{name}:{ref}",
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+        )  # fmt: skip
+
+    def layers(self, name: str, ref: str) -> list[str]:
+        """The layer blob digests of `name:ref`, from the registry's manifest."""
+        accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        r = httpx.get(f"http://{self.host}/v2/{name}/manifests/{ref}", headers=accept)
+        return [layer["digest"] for layer in r.json()["layers"]]
+
+    def blob_gets(self, name: str) -> list[str]:
+        """The digests of the blobs of `name` fetched with GET so far (the access log)."""
+        pattern = re.compile(rf'"GET /v2/{re.escape(name)}/blobs/(sha256:[0-9a-f]{{64}}) HTTP')
+        return pattern.findall(self.log.read_text(errors="replace"))
+
+    async def settled_blob_gets(self, name: str) -> list[str]:
+        """`blob_gets` once the log has caught up: a marker request made now is logged after
+        every request already answered."""
+        marker = f"/v2/?marker={time.monotonic_ns()}"
+        async with httpx.AsyncClient(base_url=f"http://{self.host}") as c:
+            assert (await c.get(marker)).status_code == 200
+        with trio.fail_after(10):
+            while marker not in self.log.read_text(errors="replace"):
+                await trio.sleep(0.02)  # the registry writes its access log after answering
+        return self.blob_gets(name)
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    for tool in ("docker-registry", "skopeo"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (scripts/setup.sh installs Debian's {tool} package)")
+    reg = Registry(tmp_path)
+    reg.start()
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture
+def server_overrides(registry: Registry) -> dict[str, object]:
+    return {
+        "docker_registry": registry.host,  # docker:///name comes from the local registry
+        "insecure_docker_registries": (registry.host,),
+        "registry_timeout": TIMEOUT,
+    }
+
+
+async def push_sample(registry: Registry, tmp_path: Path, name: str, marker: str = "") -> None:
+    layout = tmp_path / f"layout-{marker or 'plain'}"
+    write_oci_layout(layout, {"v1": sample_image(marker)})
+    await registry.push(layout, "v1", name, "v1")
+
+
+async def test_container_from_registry_image(
+    server: Server, registry: Registry, tmp_path: Path
+) -> None:
+    await push_sample(registry, tmp_path, "test/busy")
+    handle = await create(
+        server, rootfs=f"docker://{registry.host}/test/busy#v1", env=["B=from-client"]
+    )
+    status, out = await sh(server, handle, SCRIPT)
+    assert status == 0, out
+    assert out.splitlines() == [
+        "hard new sl ",
+        "new",
+        "/data/new",
+        "0",
+        "/work",
+        "from-image from-client",
+    ]
+    assert len(await _events(server, "LayerUnpacked")) == 2
+    layers = registry.layers("test/busy", "v1")
+    gets = await registry.settled_blob_gets("test/busy")
+    assert sorted(gets) == sorted([*layers, config := (set(gets) - set(layers)).pop()])
+    # Again, by Docker's `:tag` form and by the default registry: nothing pulled again.
+    for rootfs in [f"docker://{registry.host}/test/busy:v1", "docker:///test/busy#v1"]:
+        again = await create(server, rootfs=rootfs)
+        status, out = await sh(server, again, "cat /data/new")
+        assert (status, out) == (0, "new\n")
+    assert len(await _events(server, "LayerUnpacked")) == 2
+    assert len(await _events(server, "ImageImported")) == 1
+    # neither the layers nor the config (kept in memory) fetched again; the manifest is
+    assert sorted(await registry.settled_blob_gets("test/busy")) == sorted([*layers, config])
+    [img] = (await server.client.get("/images")).json()["images"]
+    assert img["source"] == f"docker://{registry.host}/test/busy#v1"
+    assert img["tags"] == ["v1"] and img["in_use"] == 3
+
+
+async def test_concurrent_creates_pull_each_layer_once(
+    server: Server, registry: Registry, tmp_path: Path
+) -> None:
+    await push_sample(registry, tmp_path, "test/many", marker="-many")
+    uri = f"docker://{registry.host}/test/many#v1"
+    handles: list[str] = []
+
+    async def one() -> None:
+        handles.append(await create(server, rootfs=uri))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(one)
+    assert len(handles) == 10
+    unpacked = await _events(server, "LayerUnpacked")
+    assert len(unpacked) == 2
+    assert len({e["diff_id"] for e in unpacked}) == 2
+    layers = registry.layers("test/many", "v1")
+    gets = await registry.settled_blob_gets("test/many")
+    assert sorted(g for g in gets if g in layers) == sorted(layers), gets
+    status, out = await sh(server, handles[-1], "cat /data/new")
+    assert (status, out) == (0, "new-many\n")
+
+
+async def test_missing_tag_or_name_is_404(
+    server: Server, registry: Registry, tmp_path: Path
+) -> None:
+    await push_sample(registry, tmp_path, "test/busy")
+    c = server.client
+    for rootfs in [
+        f"docker://{registry.host}/test/busy#v2",
+        f"docker://{registry.host}/test/absent#v1",
+        f"docker://{registry.host}/test/busy@sha256:{'0' * 64}",
+    ]:
+        r = await c.post("/containers", json={"rootfs": rootfs})
+        assert (r.status_code, r.json()["type"]) == (404, "ImageNotFoundError"), r.text
+        assert "MANIFEST_UNKNOWN" in r.json()["message"] or "NAME_UNKNOWN" in r.json()["message"]
+    assert (await c.get("/containers")).json()["handles"] == []
+    assert (await c.get("/images")).json() == {"images": [], "layers": []}
+
+
+async def test_unreachable_registry_is_a_quick_502(server: Server) -> None:
+    c = server.client
+    closed = free_port()  # nothing listens there
+    with socket.socket() as silent:  # listens, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        for rootfs, says in [
+            (f"docker://127.0.0.1:{closed}/test/busy#v1", "refused"),
+            (f"docker://127.0.0.1:{port}/test/busy#v1", "did not answer in time"),
+        ]:
+            started = time.monotonic()
+            r = await c.post("/containers", json={"rootfs": rootfs})
+            took = time.monotonic() - started
+            assert (r.status_code, r.json()["type"]) == (502, "RegistryError"), r.text
+            assert says in r.json()["message"], r.text
+            assert took < TIMEOUT + 3, took
+    assert (await c.get("/containers")).json()["handles"] == []
+
+
+async def test_plain_http_registry_not_named_insecure(server: Server, registry: Registry) -> None:
+    # `localhost:PORT` is the same registry under a name that is not in the insecure list: the
+    # server speaks https to it and says what to do.
+    r = await server.client.post(
+        "/containers", json={"rootfs": f"docker://localhost:{registry.port}/test/busy#v1"}
+    )
+    assert (r.status_code, r.json()["type"]) == (502, "RegistryError"), r.text
+    assert "--insecure-docker-registry" in r.json()["message"]
+
+
+async def test_cli_imports_from_registry(
+    server: Server, registry: Registry, tmp_path: Path
+) -> None:
+    from tests.integration.test_cli import garden
+
+    await push_sample(registry, tmp_path, "test/busy")
+    ran = await garden(server, "images", "import", f"docker://{registry.host}/test/busy:v1")
+    assert ran.code == 0, ran.err
+    assert ran.text.strip().startswith("sha256:")
+    gets = await registry.settled_blob_gets("test/busy")
+    assert set(registry.layers("test/busy", "v1")) <= set(gets)
+    ran = await garden(server, "images", "import", f"docker://{registry.host}/test/busy:v9")
+    assert ran.code == 1 and "ImageNotFoundError" in ran.err.decode()
