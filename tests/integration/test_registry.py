@@ -254,3 +254,28 @@ async def test_cli_imports_from_registry(
     assert set(registry.layers("test/busy", "v1")) <= set(gets)
     ran = await garden(server, "images", "import", f"docker://{registry.host}/test/busy:v9")
     assert ran.code == 1 and "ImageNotFoundError" in ran.err.decode()
+
+
+@pytest.mark.parametrize("where", ["gzip-trailer", "gzip-mtime"])
+async def test_layer_that_does_not_match_its_digest_is_refused(
+    server: Server, registry: Registry, tmp_path: Path, where: str
+) -> None:
+    await push_sample(registry, tmp_path, "test/bad")
+    top = registry.layers("test/bad", "v1")[-1]
+    hex_ = top.removeprefix("sha256:")
+    data = registry.root / "data/docker/registry/v2/blobs/sha256" / hex_[:2] / hex_ / "data"
+    blob = bytearray(data.read_bytes())
+    # Same size, another digest: a CRC that gzip itself refuses, or a gzip header mtime that
+    # only the digest check sees.
+    blob[-5 if where == "gzip-trailer" else 5] ^= 0xFF
+    data.write_bytes(bytes(blob))
+    r = await server.client.post(
+        "/containers", json={"rootfs": f"docker://{registry.host}/test/bad#v1"}
+    )
+    assert (r.status_code, r.json()["type"]) == (400, "InvalidImageError"), r.text
+    assert (await server.client.get("/containers")).json()["handles"] == []
+    # the good base layer stays (content-addressed, verified); nothing of the bad one
+    layers = (await server.client.get("/images")).json()["layers"]
+    assert len(layers) == 1
+    store = Path(server.config.state_dir, "images", "layers", "sha256")
+    assert [n for n in store.iterdir() if n.name.startswith(".tmp-")] == []

@@ -19,11 +19,13 @@ each layer once: the first unpacks, the others wait for it and find it there.
 from __future__ import annotations
 
 import errno
+import gzip
 import os
 import shutil
 import subprocess
 import tarfile
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -131,6 +133,9 @@ class LayerStore:
             raise InvalidImageError(f"layer {layer.diff_id} of {source.uri()}: {e}") from e
         except (tarfile.TarError, EOFError) as e:
             raise InvalidImageError(f"layer {layer.diff_id} of {source.uri()}: bad tar: {e}") from e
+        except (gzip.BadGzipFile, zlib.error) as e:
+            # BadGzipFile is an OSError, but it is the blob's fault, not the machine's.
+            raise InvalidImageError(f"layer {layer.blob} of {source.uri()}: bad gzip: {e}") from e
         except OSError as e:
             raise KernelError(f"unpack layer {layer.diff_id} into {tmp}", e) from e
         finally:
