@@ -33,6 +33,9 @@ def run_server(*args: str) -> subprocess.CompletedProcess[str]:
         (["--runtime", "docker"], "--runtime"),
         (["--tag", "Bad-Tag"], "--tag"),
         (["--max-containers", "-3"], "--max-containers"),
+        (["--insecure-docker-registry", "http://r:5000"], "--insecure-docker-registry"),
+        (["--docker-registry", "r/x"], "--docker-registry"),
+        (["--registry-timeout", "0"], "--registry-timeout"),
     ],
 )
 def test_bad_flags_fail_at_start(args: list[str], named: str) -> None:

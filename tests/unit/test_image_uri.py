@@ -30,6 +30,19 @@ from garden.images.uri import HostDir, ImageSource, parse_rootfs
             "docker://127.0.0.1:5000/team/app",
             ImageSource(kind="docker", registry="127.0.0.1:5000", name="team/app"),
         ),
+        (
+            "docker://127.0.0.1:5000/team/app:v1",
+            ImageSource(kind="docker", registry="127.0.0.1:5000", name="team/app", tag="v1"),
+        ),
+        (
+            "docker:///library/busybox:1.36",
+            ImageSource(kind="docker", name="library/busybox", tag="1.36"),
+        ),
+        (
+            f"docker://r.example/app@sha256:{'a' * 64}",
+            ImageSource(kind="docker", registry="r.example", name="app", tag="sha256:" + "a" * 64),
+        ),
+        ("docker:///my-app/x__y", ImageSource(kind="docker", name="my-app/x__y")),
     ],
 )
 def test_parses(value: str, parsed: object) -> None:
@@ -52,6 +65,14 @@ def test_parses(value: str, parsed: object) -> None:
         "docker:///UPPER",
         "docker:///x#bad tag",
         "docker://bad host!/x",
+        "docker:///x:v1#v2",
+        "docker:///x:",
+        "docker:///x#",
+        "docker:///x@sha256:short",
+        "docker:///x@sha256:" + "a" * 64 + "#v1",
+        "docker:///x:a/b",
+        "docker:///x#a:b",
+        "docker:///-x",
         "/x\0y",
     ],
 )
@@ -61,7 +82,13 @@ def test_refuses(value: str) -> None:
 
 
 def test_uri_round_trips() -> None:
-    for value in ["oci:///a/b:v1", "oci-archive:///a.tar", "docker:///busybox#1", "docker://r:5/x"]:
+    for value in [
+        "oci:///a/b:v1",
+        "oci-archive:///a.tar",
+        "docker:///busybox#1",
+        "docker://r:5/x",
+        "docker://r:5/x@sha256:" + "b" * 64,
+    ]:
         source = parse_rootfs(value)
         assert isinstance(source, ImageSource)
         assert parse_rootfs(source.uri()) == source
