@@ -78,7 +78,6 @@ class Registries:
         self._tokens: dict[tuple[str, str], str] = {}
         self._configs: dict[str, Any] = {}  # by digest: content-addressed, never stale
         self._lock = threading.Lock()
-        self.blob_gets = 0  # layer blobs fetched (tests read it)
 
     def reference(self, source: ImageSource) -> Reference:
         registry = source.registry or self.options.default
@@ -145,8 +144,6 @@ class Registries:
         ref = self.reference(source)
         where = source.uri()
         with self._get(ref, f"/v2/{ref.name}/blobs/{layer.blob}", where) as r:
-            with self._lock:
-                self.blob_gets += 1
             yield BlobStream(r, limit=layer.size, where=f"{where}: blob {layer.blob}")
 
     # -- HTTP -----------------------------------------------------------------------------
