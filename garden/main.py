@@ -178,6 +178,7 @@ async def serve(
         if kernel is None or processes is None:
             trash = await stack.enter_async_context(open_trash(config.state_path / "trash"))
             real = await build_kernel(config, trash=trash)
+            stack.callback(real.images.registries.close)  # idle connections to registries
             watcher = await stack.enter_async_context(open_log_watcher())
             kernel = real
             processes = LinuxProcesses(

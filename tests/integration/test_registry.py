@@ -5,113 +5,28 @@ missing tag or name is a 404, an unreachable or silent registry a quick 502."""
 
 from __future__ import annotations
 
-import re
-import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 
 from tests.imagebuild import write_oci_layout
 from tests.integration.conftest import Server, free_port
 from tests.integration.test_images import SCRIPT, _events, create, sample_image, sh
+from tests.registry import Registry, missing_tool
 
 pytestmark = pytest.mark.root
 
 TIMEOUT = 2.0  # the server's --registry-timeout in these tests
 
 
-class Registry:
-    """A `docker-registry` on 127.0.0.1, its storage and its log in a temp dir."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
-        self.log = root / "registry.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        config = self.root / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n  level: info\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
-            f"http:\n  addr: {self.host}\n  secret: garden-trio-tests\n"
-        )
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                ["docker-registry", "serve", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        with httpx.Client(base_url=f"http://{self.host}") as c:
-            for _ in range(400):
-                try:
-                    if c.get("/v2/").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if self.proc.poll() is not None:
-                    break
-                # Waiting for another process to bind its port: nothing to await but time.
-                time.sleep(0.025)
-        raise AssertionError(f"docker-registry did not start:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    async def push(self, layout: Path, tag: str, name: str, ref: str) -> None:
-        """Push the layout's image `tag` as `name:ref` (skopeo, plain http)."""
-        await trio.run_process(
-            [
-                "skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
-                f"oci:{layout}:{tag}", f"docker://{self.host}/{name}:{ref}",
-            ],
-            capture_stdout=True,
-            capture_stderr=True,
-        )  # fmt: skip
-
-    def layers(self, name: str, ref: str) -> list[str]:
-        """The layer blob digests of `name:ref`, from the registry's manifest."""
-        accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-        r = httpx.get(f"http://{self.host}/v2/{name}/manifests/{ref}", headers=accept)
-        return [layer["digest"] for layer in r.json()["layers"]]
-
-    def blob_gets(self, name: str) -> list[str]:
-        """The digests of the blobs of `name` fetched with GET so far (the access log)."""
-        pattern = re.compile(rf'"GET /v2/{re.escape(name)}/blobs/(sha256:[0-9a-f]{{64}}) HTTP')
-        return pattern.findall(self.log.read_text(errors="replace"))
-
-    async def settled_blob_gets(self, name: str) -> list[str]:
-        """`blob_gets` once the log has caught up: a marker request made now is logged after
-        every request already answered."""
-        marker = f"/v2/?marker={time.monotonic_ns()}"
-        async with httpx.AsyncClient(base_url=f"http://{self.host}") as c:
-            assert (await c.get(marker)).status_code == 200
-        with trio.fail_after(10):
-            while marker not in self.log.read_text(errors="replace"):
-                await trio.sleep(0.02)  # the registry writes its access log after answering
-        return self.blob_gets(name)
-
-
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
-    for tool in ("docker-registry", "skopeo"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool} (scripts/setup.sh installs Debian's {tool} package)")
+    if tool := missing_tool():
+        pytest.skip(f"needs {tool} (scripts/setup.sh installs Debian's {tool} package)")
     reg = Registry(tmp_path)
     reg.start()
     try:

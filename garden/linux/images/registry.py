@@ -78,6 +78,27 @@ class Registries:
         self._tokens: dict[tuple[str, str], str] = {}
         self._configs: dict[str, Any] = {}  # by digest: content-addressed, never stale
         self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+
+    def client(self) -> httpx.Client:
+        """One client for every pull (its pool is thread-safe): making one loads the CA
+        bundle, which costs about 100 ms here, so not once per request."""
+        with self._lock:
+            if self._client is None:
+                t = self.options.timeout
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(t, connect=min(t, 10.0)),
+                    follow_redirects=True,
+                    transport=self.transport,
+                    limits=httpx.Limits(max_connections=None, max_keepalive_connections=8),
+                )
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def reference(self, source: ImageSource) -> Reference:
         registry = source.registry or self.options.default
@@ -155,15 +176,8 @@ class Registries:
         """A GET that has answered 2xx (streamed: read it inside the `with`); a token is
         fetched and the request made again when the registry asks for one."""
         url = self.url(ref.registry, path)
-        t = self.options.timeout
-        with (
-            _translated(ref.registry, where, url),
-            httpx.Client(
-                timeout=httpx.Timeout(t, connect=min(t, 10.0)),
-                follow_redirects=True,
-                transport=self.transport,
-            ) as client,
-        ):
+        client = self.client()
+        with _translated(ref.registry, where, url):
             for attempt in range(2):
                 sent = dict(headers or {})
                 token = self._tokens.get((ref.registry, ref.name))

@@ -1,0 +1,109 @@
+"""A local image registry for tests and benchmarks: Debian's `docker-registry` on a free port
+of 127.0.0.1 with its storage and log in a directory of the caller's, images pushed to it with
+skopeo over plain http, and its access log read to count what was pulled."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import trio
+
+TOOLS = ("docker-registry", "skopeo")
+
+
+def missing_tool() -> str:
+    """The first program a local registry needs that is not installed ('' when none)."""
+    return next((t for t in TOOLS if shutil.which(t) is None), "")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Registry:
+    """A `docker-registry` on 127.0.0.1, its storage and its log in a temp dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.log = root / "registry.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        config = self.root / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: info\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
+            f"http:\n  addr: {self.host}\n  secret: garden-trio-tests\n"
+        )
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["docker-registry", "serve", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        with httpx.Client(base_url=f"http://{self.host}") as c:
+            for _ in range(400):
+                try:
+                    if c.get("/v2/").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                if self.proc.poll() is not None:
+                    break
+                # Waiting for another process to bind its port: nothing to await but time.
+                time.sleep(0.025)
+        raise AssertionError(f"docker-registry did not start:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    async def push(self, layout: Path, tag: str, name: str, ref: str) -> None:
+        """Push the layout's image `tag` as `name:ref` (skopeo, plain http)."""
+        await trio.run_process(
+            [
+                "skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
+                f"oci:{layout}:{tag}", f"docker://{self.host}/{name}:{ref}",
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+        )  # fmt: skip
+
+    def layers(self, name: str, ref: str) -> list[str]:
+        """The layer blob digests of `name:ref`, from the registry's manifest."""
+        accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        r = httpx.get(f"http://{self.host}/v2/{name}/manifests/{ref}", headers=accept)
+        return [layer["digest"] for layer in r.json()["layers"]]
+
+    def blob_gets(self, name: str) -> list[str]:
+        """The digests of the blobs of `name` fetched with GET so far (the access log)."""
+        pattern = re.compile(rf'"GET /v2/{re.escape(name)}/blobs/(sha256:[0-9a-f]{{64}}) HTTP')
+        return pattern.findall(self.log.read_text(errors="replace"))
+
+    async def settled_blob_gets(self, name: str) -> list[str]:
+        """`blob_gets` once the log has caught up: a marker request made now is logged after
+        every request already answered."""
+        marker = f"/v2/?marker={time.monotonic_ns()}"
+        async with httpx.AsyncClient(base_url=f"http://{self.host}") as c:
+            assert (await c.get(marker)).status_code == 200
+        with trio.fail_after(10):
+            while marker not in self.log.read_text(errors="replace"):
+                await trio.sleep(0.02)  # the registry writes its access log after answering
+        return self.blob_gets(name)
