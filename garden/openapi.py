@@ -175,7 +175,7 @@ ROUTES: tuple[Route, ...] = (
         "garden create [--handle H] [--rootfs DIR] ...",
         request=Body(JSON, ContainerSpec),
         response=Body(JSON, HandleReply),
-        errors=(400, 403, 409, 503, 507),
+        errors=(400, 403, 404, 409, 502, 503, 507),
     ),
     Route(
         "GET",
@@ -428,7 +428,7 @@ ROUTES: tuple[Route, ...] = (
         "garden images import URI",
         request=Body(JSON, ImportRequest),
         response=Body(NDJSON, ImportLine, "progress lines, then {image} or {error}"),
-        errors=(400, 404),
+        errors=(400, 404, 502),
     ),
     Route(
         "POST",
@@ -447,6 +447,7 @@ STATUS_TEXT = {
     404: "unknown container, process, property, file, executable or image",
     409: "conflicts with the current state (in use, stopped, overlapping)",
     413: "body over a configured limit (PayloadTooLargeError)",
+    502: "an image registry unreachable, silent or failing (RegistryError, with its error)",
     503: "capacity exhausted (CapacityExhaustedError), or the server is out of file descriptors"
     " or shutting down (ServiceUnavailableError)",
     507: "the container's disk limit is reached (DiskLimitExceededError), or the server's own"

@@ -34,7 +34,7 @@ from typing import IO, cast, final
 import msgspec
 import trio
 
-from garden.errors import InvalidImageError, KernelError
+from garden.errors import InvalidImageError, KernelError, RegistryError
 from garden.images.model import ImageManifest, LayerRef, StoredImage, StoredLayer
 from garden.images.uri import ImageSource
 from garden.linux.images.blobs import tar_stream
@@ -65,6 +65,7 @@ class LayerStore:
         self.trash_dir = self.root / "trash"
         self._locks: dict[str, trio.Lock] = {}
         self._seen: dict[ImageSource, tuple[object, ImageManifest]] = {}
+        self._pull_failures: dict[str, RegistryError] = {}  # the last, by diff id
         self.unpacks = 0  # layers unpacked by this process (tests and the bench read it)
 
     # -- reading images -------------------------------------------------------------------
@@ -96,10 +97,21 @@ class LayerStore:
     ) -> StoredLayer | None:
         """Make sure the layer is in the store; the layer when this call unpacked it, None
         when it was there (or another task unpacked it meanwhile)."""
+        failed_before = self._pull_failures.get(layer.diff_id)
         async with self._lock("unpack:" + layer.diff_id):
             if self.has_layer(layer.diff_id):
                 return None
-            stored = await trio.to_thread.run_sync(self._unpack_sync, source, layer, progress)
+            failed = self._pull_failures.get(layer.diff_id)
+            if failed is not None and failed is not failed_before:
+                # The pull this create waited for could not reach the registry: answer the
+                # same at once rather than each waiter trying (and timing out) in turn.
+                raise RegistryError(failed.message)
+            try:
+                stored = await trio.to_thread.run_sync(self._unpack_sync, source, layer, progress)
+            except RegistryError as e:
+                self._pull_failures[layer.diff_id] = e
+                raise
+            self._pull_failures.pop(layer.diff_id, None)
             self.unpacks += 1
             return stored
 
