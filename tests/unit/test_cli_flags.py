@@ -43,3 +43,24 @@ def test_bad_flags_fail_at_start(args: list[str], named: str) -> None:
     assert result.returncode == 2
     assert named in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_registry_flags_reach_the_config() -> None:
+    from garden.cli import build_parser
+    from garden.cli.server import config_from_args
+    from garden.main import registries_of
+
+    argv = ["server", "--docker-registry", "127.0.0.1:5000", "--registry-timeout", "2.5"]
+    argv += ["--insecure-docker-registry", "127.0.0.1:5000", "--insecure-docker-registry", "r"]
+    config = config_from_args(build_parser("server").parse_args(argv))
+    assert config.insecure_docker_registries == ("127.0.0.1:5000", "r")
+    registries = registries_of(config)
+    assert registries.options.default == "127.0.0.1:5000"
+    assert registries.options.timeout == 2.5
+    assert registries.url("127.0.0.1:5000", "/v2/") == "http://127.0.0.1:5000/v2/"
+    defaults = config_from_args(build_parser("server").parse_args(["server"]))
+    assert (
+        registries_of(defaults)
+        .url(defaults.docker_registry, "/v2/")
+        .startswith("https://registry-1.docker.io/")
+    )
