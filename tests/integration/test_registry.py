@@ -1,20 +1,25 @@
 """Containers from registry images (`docker://127.0.0.1:PORT/name#tag`, `docker:///name`): a
 local registry (Debian's `docker-registry`) started by each test on loopback, an image the test
 builds and pushes with skopeo; layers pulled once each, also under 10 concurrent creates; a
-missing tag or name is a 404, an unreachable or silent registry a quick 502."""
+missing tag or name is a 404, an unreachable or silent registry a quick 502; corrupted blobs are
+refused; containers keep running from stored layers after a server crash with the registry
+gone."""
 
 from __future__ import annotations
 
+import json
+import signal
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from tests.imagebuild import write_oci_layout
-from tests.integration.conftest import Server, free_port
+from tests.integration.conftest import Server, ServerProcess, free_port, leftovers
 from tests.integration.test_images import SCRIPT, _events, create, sample_image, sh
 from tests.registry import Registry, missing_tool
 
@@ -194,3 +199,30 @@ async def test_layer_that_does_not_match_its_digest_is_refused(
     assert len(layers) == 1
     store = Path(server.config.state_dir, "images", "layers", "sha256")
     assert [n for n in store.iterdir() if n.name.startswith(".tmp-")] == []
+
+
+def test_containers_outlive_server_and_registry(
+    server_process: ServerProcess, registry: Registry, tmp_path: Path
+) -> None:
+    trio.run(push_sample, registry, tmp_path, "test/busy")
+    sp = server_process
+    sp.extra_args = ["--insecure-docker-registry", registry.host, "--registry-timeout", "2"]
+    sp.start()
+    uri = f"docker://{registry.host}/test/busy#v1"
+    with httpx.Client(base_url=sp.url, timeout=30) as c:
+        r = c.post("/containers", json={"handle": "pulled", "rootfs": uri})
+        assert r.status_code == 200, r.text
+    sp.kill(signal.SIGKILL)
+    registry.stop()
+    sp.start()
+    with httpx.Client(base_url=sp.url, timeout=30) as c:
+        r = c.post("/containers/pulled/processes", json={"path": "cat", "args": ["/data/new"]})
+        lines = [json.loads(line) for line in r.text.splitlines() if line]
+        assert [x["data"] for x in lines if x.get("source") == "stdout"] == ["new\n"]
+        assert lines[-1]["exit_status"] == 0
+        # A new create asks the registry for the tag (it may have moved): 502 while it is down.
+        r = c.post("/containers", json={"rootfs": uri})
+        assert (r.status_code, r.json()["type"]) == (502, "RegistryError"), r.text
+        assert c.delete("/containers/pulled").status_code == 200
+    sp.kill(signal.SIGTERM)
+    assert leftovers(sp.config) == []
