@@ -84,7 +84,14 @@ def registry(blobs: dict[str, bytes], tags: dict[str, bytes], seen: list[str]) -
 
 
 def client(handler: Handler, **options: Any) -> Registries:
-    return Registries(RegistryOptions(**options), transport=httpx.MockTransport(handler))
+    def as_network(request: httpx.Request) -> httpx.Response:
+        r = handler(request)
+        if not r.is_stream_consumed:
+            return r
+        # `httpx.Response(json=...)` is read already; the network's answers are streams.
+        return httpx.Response(r.status_code, headers=r.headers, stream=httpx.ByteStream(r.content))
+
+    return Registries(RegistryOptions(**options), transport=httpx.MockTransport(as_network))
 
 
 def source(uri: str) -> ImageSource:

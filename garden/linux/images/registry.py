@@ -45,6 +45,7 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
 )
 _MAX_JSON = 16 << 20
+_MAX_ERROR = 64 << 10
 _BLOCK = 1 << 20
 _MAX_CONFIGS = 256  # image configs kept in memory, so a create from a known image fetches one
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
@@ -177,7 +178,7 @@ class Registries:
         fetched and the request made again when the registry asks for one."""
         url = self.url(ref.registry, path)
         client = self.client()
-        with _translated(ref.registry, where, url):
+        with _translated(ref.registry, where):
             for attempt in range(2):
                 sent = dict(headers or {})
                 token = self._tokens.get((ref.registry, ref.name))
@@ -190,7 +191,6 @@ class Registries:
                         self._fetch_token(client, ref, challenge, where)
                         continue
                     if r.status_code >= 400:
-                        r.read()
                         raise _answer_error(r, ref.registry, where)
                     yield r
                     return
@@ -203,10 +203,10 @@ class Registries:
         if not realm.startswith(("https://", "http://")):
             raise RegistryError(f"{where}: registry {ref.registry} asks for a token at {realm!r}")
         params.setdefault("scope", f"repository:{ref.name}:pull")
-        r = client.get(realm, params=params)
-        if r.status_code >= 400:
-            raise _answer_error(r, ref.registry, where, what="token ")
-        body = _json(r.content[:_MAX_JSON], where, "token answer")
+        with client.stream("GET", realm, params=params) as r:
+            if r.status_code >= 400:
+                raise _answer_error(r, ref.registry, where, what="token ")
+            body = _json(_read_limited(r, where), where, "token answer")
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{where}: registry {ref.registry} gave no token")
@@ -227,7 +227,7 @@ class BlobStream:
         self.registry = response.url.netloc.decode()
 
     def read(self, n: int = -1) -> bytes:
-        with _translated(self.registry, self.where, ""):
+        with _translated(self.registry, self.where):
             while n < 0 or len(self.buffer) < n:
                 chunk = next(self.chunks, b"")
                 if not chunk:
@@ -247,7 +247,7 @@ class BlobStream:
 
 
 @contextmanager
-def _translated(registry: str, where: str, url: str) -> Iterator[None]:
+def _translated(registry: str, where: str) -> Iterator[None]:
     """httpx's failures as `RegistryError`s that say which registry and what happened."""
     try:
         yield
@@ -263,10 +263,17 @@ def _translated(registry: str, where: str, url: str) -> Iterator[None]:
 
 
 def _answer_error(r: httpx.Response, registry: str, where: str, what: str = "") -> GardenError:
-    """The registry's error answer (`{"errors": [{"code", "message"}]}`) in our terms."""
-    said = r.text[:500].strip()
+    """The registry's error answer (`{"errors": [{"code", "message"}]}`, read up to 64 KiB)
+    in our terms."""
+    content = b""
+    with _translated(registry, where):
+        for chunk in r.iter_raw(_BLOCK):
+            content += chunk
+            if len(content) > _MAX_ERROR:
+                break
+    said = content[:500].decode(errors="replace").strip()
     try:
-        errors = json.loads(r.content).get("errors") or []
+        errors = json.loads(content).get("errors") or []
         said = "; ".join(f"{x.get('code', '')}: {x.get('message', '')}" for x in errors) or said
     except (ValueError, AttributeError):
         pass
