@@ -101,8 +101,20 @@ install_packages() {
   apt-get install -y -q --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
     "${missing[@]}" </dev/null >&2
+  if printf '%s\n' "${missing[@]}" | grep -qx docker-registry; then
+    keep_system_registry_off
+  fi
   mapfile -t missing < <(missing_packages)
   ((${#missing[@]} == 0)) || die "packages still missing after apt-get install: ${missing[*]}"
+}
+
+# Debian's docker-registry package enables a system registry on :5000 (all addresses). The
+# tests start registries of their own on 127.0.0.1, so the one this run installed stays off.
+keep_system_registry_off() {
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now docker-registry.service >&2 || true
+    log "packages: disabled the docker-registry system service (tests run their own)"
+  fi
 }
 
 # --- 2. Python virtualenv ------------------------------------------------------------------------
