@@ -133,6 +133,11 @@ async def force_cleanup(config: ServerConfig) -> None:
     await build_networker(config).remove_all()
 
 
+# The default registry of test servers: a closed port on loopback, so that no `docker:///name`
+# (a test's, or one a fuzzer made up) ever reaches Docker Hub; tests traffic stays on 127/8.
+NO_REGISTRY = "127.0.0.1:9"
+
+
 def make_config(state_dir: Path, **overrides: object) -> ServerConfig:
     values: dict[str, object] = {
         "state_dir": str(state_dir),
@@ -143,6 +148,7 @@ def make_config(state_dir: Path, **overrides: object) -> ServerConfig:
         "port_pool_start": random_port_pool_start(),
         "port_pool_size": PORT_POOL_SIZE,
         "ip_forward": False,
+        "docker_registry": NO_REGISTRY,
     }
     values.update(overrides)
     import msgspec
@@ -217,6 +223,7 @@ class ServerProcess:
             port_pool_start=self.port_pool_start,
             port_pool_size=PORT_POOL_SIZE,
             ip_forward=False,
+            docker_registry=NO_REGISTRY,
         )
 
     def start(self, crash_at: str = "") -> None:
@@ -229,7 +236,8 @@ class ServerProcess:
             "--state-dir", str(self.state_dir), "--bind-port", str(self.port), "--tag", self.tag,
             "--network-pool", self.pool, "--no-ip-forward",
             "--port-pool-start", str(self.port_pool_start),
-            "--port-pool-size", str(PORT_POOL_SIZE), *self.extra_args,
+            "--port-pool-size", str(PORT_POOL_SIZE), "--docker-registry", NO_REGISTRY,
+            *self.extra_args,
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

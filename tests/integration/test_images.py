@@ -22,7 +22,7 @@ from tests.imagebuild import (
     write_oci_archive,
     write_oci_layout,
 )
-from tests.integration.conftest import Server
+from tests.integration.conftest import NO_REGISTRY, Server, make_config
 from tests.integration.test_processes_api import exit_status, output, run
 
 pytestmark = pytest.mark.root
@@ -227,3 +227,11 @@ async def test_cli_import_list_prune(server: Server, images_dir: Path) -> None:
     assert ran.code == 0 and "removed 1 images, 2 layers" in ran.text, ran.err
     ran = await garden(server, "images", "import", f"oci://{images_dir}/absent")
     assert ran.code == 1 and "ImageNotFoundError" in ran.err.decode()
+
+
+async def test_test_servers_default_to_no_registry(server: Server) -> None:
+    # Guard for the rule that tests reach only 127.0.0.0/8: `docker:///name` in any test's
+    # server goes to a closed loopback port, never to Docker Hub.
+    assert make_config(Path("/nonexistent")).docker_registry == NO_REGISTRY
+    r = await server.client.post("/containers", json={"rootfs": "docker:///busybox"})
+    assert (r.status_code, r.json()["type"]) == (502, "RegistryError"), r.text
