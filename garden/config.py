@@ -71,6 +71,9 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     docker_registry: str = DEFAULT_DOCKER_REGISTRY
     insecure_docker_registries: tuple[str, ...] = ()
     registry_timeout: float = 30.0
+    # Free heap pages are given back to the kernel every this many seconds (0: never), so RSS
+    # follows what is in use (garden/malloc.py).
+    malloc_trim_every: float = 30.0
 
     @property
     def state_path(self) -> Path:
@@ -133,6 +136,8 @@ def validate(config: ServerConfig) -> ServerConfig:
             raise ConfigError(f"--docker-registry/--insecure-docker-registry: bad {registry!r}")
     if not 0 < config.registry_timeout <= 3600:
         raise ConfigError("--registry-timeout: must be > 0 and <= 3600 seconds")
+    if config.malloc_trim_every < 0:
+        raise ConfigError("--malloc-trim-every: must be >= 0 (0 means never)")
     return config
 
 

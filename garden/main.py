@@ -40,6 +40,8 @@ from garden.linux.output import open_log_watcher
 from garden.linux.processes import LinuxProcesses
 from garden.linux.runtime import probe_runtime
 from garden.linux.trash import Trash, open_trash
+from garden.malloc import trim_periodically, tune_malloc
+from garden.memdebug import report_on_signal, reporter_from_env
 
 log = logging.getLogger("garden.main")
 
@@ -147,6 +149,7 @@ async def serve(
     if networker is None and kernel is not None:
         # A real networker would wire a fake kernel's "containers" into the host's network.
         raise TypeError("serve() with a kernel of its own needs a networker of its own too")
+    tune_malloc()  # before any worker thread takes an arena
     tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
     unix = (
         bind_unix_socket(config.bind_socket, config.bind_socket_group)
@@ -255,6 +258,10 @@ async def _serve(
                 binds: list[str] = await inner.start(run_http)
                 log.info("serving binds=%s", binds)
                 inner.start_soon(snapshots.run)
+                inner.start_soon(trim_periodically, config.malloc_trim_every)
+                reporter = reporter_from_env()  # GARDEN_TRACEMALLOC: a debug switch
+                if reporter is not None:
+                    inner.start_soon(report_on_signal, reporter)
                 task_status.started(binds)
                 if config.handle_signals:
                     stops = (signal.SIGTERM, signal.SIGINT)

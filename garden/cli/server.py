@@ -133,6 +133,13 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
         metavar="SECONDS",
         help="a registry's time to connect, and then to answer each read",
     )
+    p.add_argument(
+        "--malloc-trim-every",
+        type=float,
+        default=d.malloc_trim_every,
+        metavar="SECONDS",
+        help="give free heap memory back to the kernel this often (0: never)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:

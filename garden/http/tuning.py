@@ -5,25 +5,21 @@ uploads, see docs/files.md):
   ~100 us of Python; reading up to 1 MiB at a time cuts the interpreter time of an upload by
   about 3x. (It is a module constant of hypercorn's trio server; if a hypercorn release drops
   it, this logs a warning and changes nothing.)
-- glibc serves allocations above 128 KiB (rising dynamically) with fresh mmaps, so every 1 MiB
-  buffer is paid for in page faults and zeroing; a fixed threshold of 8 MiB and a trim
-  threshold of 64 MiB keep such buffers in the heap for reuse. RSS stays flat: the heap keeps
-  at most what was in use at once.
+- glibc malloc keeps ~1 MiB buffers in its heap for reuse instead of a fresh mmap each:
+  `garden/malloc.py` (which also bounds what the heap keeps, with fewer arenas and a periodic
+  trim).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from typing import Final
+
+from garden.malloc import tune_malloc
 
 log = logging.getLogger("garden.http")
 
 SOCKET_READ: Final = 1 << 20
-_M_TRIM_THRESHOLD: Final = -1
-_M_MMAP_THRESHOLD: Final = -3
-MMAP_THRESHOLD: Final = 8 << 20
-TRIM_THRESHOLD: Final = 64 << 20
 
 
 def tune_hypercorn() -> None:
@@ -35,19 +31,6 @@ def tune_hypercorn() -> None:
     tcp_server.MAX_RECV = SOCKET_READ
 
 
-def tune_malloc() -> None:
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return  # not glibc: nothing to tune
-    if not (
-        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-        and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    ):
-        log.warning("tuning-skipped what=mallopt")
-
-
 def tune_for_streaming() -> None:
     tune_hypercorn()
-    tune_malloc()
+    tune_malloc()  # again: cheap, and the settings belong to streaming too
