@@ -41,7 +41,7 @@ from garden.linux.processes import LinuxProcesses
 from garden.linux.runtime import probe_runtime
 from garden.linux.trash import Trash, open_trash
 from garden.malloc import trim_periodically, tune_malloc
-from garden.memdebug import report_on_signal, reporter_from_env
+from garden.memdebug import MemoryReporter, report_on_signal, reporter_from_env
 
 log = logging.getLogger("garden.main")
 
@@ -150,6 +150,7 @@ async def serve(
         # A real networker would wire a fake kernel's "containers" into the host's network.
         raise TypeError("serve() with a kernel of its own needs a networker of its own too")
     tune_malloc()  # before any worker thread takes an arena
+    reporter = reporter_from_env()  # GARDEN_TRACEMALLOC: a debug switch (docs/operations.md)
     tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
     unix = (
         bind_unix_socket(config.bind_socket, config.bind_socket_group)
@@ -191,7 +192,16 @@ async def serve(
         if networker is None:
             networker = build_networker(config)
         await _serve(
-            config, restored, kernel, processes, networker, files, tokens, unix, task_status
+            config,
+            restored,
+            kernel,
+            processes,
+            networker,
+            files,
+            tokens,
+            unix,
+            reporter,
+            task_status,
         )
 
 
@@ -209,6 +219,7 @@ async def _serve(
     files: ContainerFiles | None,
     tokens: TokenFile | None,
     unix: socket.socket | None,
+    reporter: MemoryReporter | None,
     task_status: trio.TaskStatus[list[str]],
 ) -> None:
     event_log, state = restored.log, restored.state
@@ -259,7 +270,6 @@ async def _serve(
                 log.info("serving binds=%s", binds)
                 inner.start_soon(snapshots.run)
                 inner.start_soon(trim_periodically, config.malloc_trim_every)
-                reporter = reporter_from_env()  # GARDEN_TRACEMALLOC: a debug switch
                 if reporter is not None:
                     inner.start_soon(report_on_signal, reporter)
                 task_status.started(binds)

@@ -15,6 +15,7 @@ import ctypes
 import gc
 import os
 import signal
+import tempfile
 import time
 import tracemalloc
 from collections import Counter
@@ -61,7 +62,7 @@ def malloc_figures() -> dict[str, int]:
 
 
 def _arena_count(libc: ctypes.CDLL) -> int:
-    """The number of arenas, from malloc_info's XML (written to a pipe-free temp file)."""
+    """The number of arenas, from malloc_info's XML (written to a temporary file)."""
     try:
         fopen, fclose, malloc_info = libc.fopen, libc.fclose, libc.malloc_info
     except AttributeError:
@@ -70,9 +71,11 @@ def _arena_count(libc: ctypes.CDLL) -> int:
     fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
     fclose.argtypes = [ctypes.c_void_p]
     malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-    path = f"/tmp/garden-malloc-info-{os.getpid()}.xml"
+    fd, path = tempfile.mkstemp(prefix="garden-malloc-info-", suffix=".xml")
+    os.close(fd)
     fp = fopen(path.encode(), b"w")
     if not fp:
+        Path(path).unlink(missing_ok=True)
         return 0
     try:
         malloc_info(0, fp)
@@ -121,12 +124,12 @@ class MemoryReporter:
             if delta:
                 lines.append(f"{delta:+9d} {types[name]:9d} {name}")
         if self._snapshot is not None:
-            lines.append("-- allocation sites, most grown since the last report")
+            lines.append("-- allocation sites, most grown since the last report (caller > callee)")
             for stat in snapshot.compare_to(self._snapshot, "traceback")[:TOP]:
                 lines.append(
                     f"{stat.size_diff / 1024:+10.1f} KiB {stat.size / 1024:10.1f} KiB"
                     f" {stat.count_diff:+7d} {stat.count:7d} "
-                    + " < ".join(
+                    + " > ".join(
                         f"{'/'.join(f.filename.rsplit('/', 2)[-2:])}:{f.lineno}"
                         for f in stat.traceback
                     )
