@@ -1,6 +1,7 @@
 """A debug switch for memory growth: with `GARDEN_TRACEMALLOC=<file>` in its environment the
-server traces Python allocations (`tracemalloc`, `GARDEN_TRACEMALLOC_FRAMES` frames, default 1)
-and, on each SIGUSR2, appends a report to `<file>`: RSS, the traced total, glibc's heap
+server traces Python allocations (`tracemalloc`, `GARDEN_TRACEMALLOC_FRAMES` frames, default 1;
+0: no tracing, for figures undisturbed by its cost) and, on each SIGUSR2, appends a report to
+`<file>`: RSS, the traced total, glibc's heap
 figures (mallinfo2: in use vs free inside the arenas, and the number of arenas), the object
 counts by type that changed most, and the allocation sites that grew most since the previous
 report. Python heap growth shows in the traced total and the sites; allocator fragmentation
@@ -100,9 +101,11 @@ class MemoryReporter:
 
     def report(self) -> str:
         gc.collect()
-        snapshot = tracemalloc.take_snapshot().filter_traces(
-            (tracemalloc.Filter(False, tracemalloc.__file__),)
-        )
+        snapshot = None
+        if tracemalloc.is_tracing():
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                (tracemalloc.Filter(False, tracemalloc.__file__),)
+            )
         traced, peak = tracemalloc.get_traced_memory()
         types = Counter(type(o).__qualname__ for o in gc.get_objects())
         lines = [
@@ -116,6 +119,8 @@ class MemoryReporter:
                 f"malloc arenas {m['arenas']} heap_mib {m['arena'] / MIB:.1f}"
                 f" in_use_mib {m['uordblks'] / MIB:.1f} free_in_heap_mib {m['fordblks'] / MIB:.1f}"
                 f" mmapped_mib {m['hblkhd'] / MIB:.1f} top_releasable_mib {m['keepcost'] / MIB:.1f}"
+                # the rest of RSS: pymalloc's arenas, code, thread stacks
+                f" rest_mib {(rss_kib() * 1024 - m['arena'] - m['hblkhd']) / MIB:.1f}"
             )
         changed = types.copy()
         changed.subtract(self._types)
@@ -123,7 +128,9 @@ class MemoryReporter:
         for name, delta in sorted(changed.items(), key=lambda kv: -abs(kv[1]))[:TOP]:
             if delta:
                 lines.append(f"{delta:+9d} {types[name]:9d} {name}")
-        if self._snapshot is not None:
+        if snapshot is None:
+            pass  # GARDEN_TRACEMALLOC_FRAMES=0: figures and object counts only
+        elif self._snapshot is not None:
             lines.append("-- allocation sites, most grown since the last report (caller > callee)")
             for stat in snapshot.compare_to(self._snapshot, "traceback")[:TOP]:
                 lines.append(
@@ -153,8 +160,9 @@ def reporter_from_env() -> MemoryReporter | None:
     target = os.environ.get(ENV, "")
     if not target:
         return None
-    if not tracemalloc.is_tracing():
-        tracemalloc.start(int(os.environ.get(ENV_FRAMES, "1") or 1))
+    frames = int(os.environ.get(ENV_FRAMES, "1") or 1)
+    if frames > 0 and not tracemalloc.is_tracing():
+        tracemalloc.start(frames)
     return MemoryReporter(Path(target))
 
 
