@@ -13,7 +13,7 @@ heap and only past the trim threshold; pages freed in the middle of a heap stay 
   paid for in page faults and zeroing on every use (file transfers: ~3x less CPU).
 - `M_TRIM_THRESHOLD` 64 MiB: the top of the main heap is not given back and faulted in again
   between two bursts.
-- `M_ARENA_MAX` 2 (unless `MALLOC_ARENA_MAX` is set): fewer arenas, less free memory kept in
+- `M_ARENA_MAX` 2: fewer arenas, less free memory kept in
   each; the server's threads are few and short, so contention on them does not show.
 - `trim_periodically`: `malloc_trim(0)` every `--malloc-trim-every` seconds (30; 0 = never),
   in a worker thread: RSS comes back to what is in use, and a burst of streams between two
@@ -51,14 +51,21 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def tune_malloc() -> None:
-    """The thresholds and the arena limit above (nothing when not on glibc)."""
+    """The thresholds and the arena limit above (nothing when not on glibc); each is left to
+    glibc's environment variable where that is set (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`,
+    `MALLOC_TRIM_THRESHOLD_`)."""
     libc = _libc()
     if libc is None:
         return
-    settings = [(_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, TRIM_THRESHOLD)]
-    if not os.environ.get("MALLOC_ARENA_MAX"):
-        settings.append((_M_ARENA_MAX, ARENA_MAX))
-    for param, value in settings:
+    settings = [
+        ("MALLOC_MMAP_THRESHOLD_", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+        ("MALLOC_TRIM_THRESHOLD_", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+        ("MALLOC_ARENA_MAX", _M_ARENA_MAX, ARENA_MAX),
+    ]
+    for env, param, value in settings:
+        if os.environ.get(env):
+            continue  # glibc's own variable, set by the operator, wins
+
         if libc.mallopt(param, value) != 1:
             log.warning("tuning-skipped what=mallopt param=%d value=%d", param, value)
 
