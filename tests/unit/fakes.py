@@ -309,6 +309,7 @@ async def serve_fakes(
     tmp_path: Path,
     *,
     processes: FakeProcesses | None = None,
+    kernel: FakeKernel | None = None,
     files: object | None = None,
     **settings: Any,
 ) -> str:
@@ -332,7 +333,7 @@ async def serve_fakes(
         partial(
             serve,
             config,
-            kernel=FakeKernel(),
+            kernel=kernel or FakeKernel(),
             processes=processes or FakeProcesses(),
             networker=FakeNetworker(),
             **extra,

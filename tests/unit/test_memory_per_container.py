@@ -9,7 +9,6 @@ import gc
 import json
 import urllib.parse
 from collections import Counter
-from functools import partial
 from pathlib import Path
 
 import httpx
@@ -17,10 +16,8 @@ import pytest
 import trio
 import trio._core._run as trio_run
 
-from garden.config import ServerConfig
 from garden.events import journal as journal_module
-from garden.main import serve
-from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
+from tests.unit.fakes import FakeKernel, FakeProcesses, serve_fakes
 
 CYCLES = 20  # per round: a leak of one object per container shows as >= CYCLES more
 
@@ -76,21 +73,11 @@ async def test_destroyed_containers_leave_no_objects_behind(
     # The journal keeps the last RECENT records for its followers (bounded): keep it small
     # here so that the window is full after the warm-up round.
     monkeypatch.setattr(journal_module, "RECENT", 16)
-    rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    config = ServerConfig(
-        state_dir=str(tmp_path / "state"),
-        default_rootfs=str(rootfs),
-        bind_port=0,
-        tag="gtest",
-        handle_signals=False,
-        malloc_trim_every=0,
-    )
     processes, kernel = FakeProcesses(), FakeKernel()
-    binds = await nursery.start(
-        partial(serve, config, kernel=kernel, processes=processes, networker=FakeNetworker())
+    url = await serve_fakes(
+        nursery, tmp_path, processes=processes, kernel=kernel, malloc_trim_every=0
     )
-    async with httpx.AsyncClient(base_url=binds[0]) as c:
+    async with httpx.AsyncClient(base_url=url) as c:
         for n in range(CYCLES):  # warm-up: caches, connections, the journal's window
             await cycle(c, processes, kernel, n)
         before = counts()

@@ -5,38 +5,24 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
-from garden.config import ServerConfig
 from garden.errors import InvalidRequestError
 from garden.http.routes_processes import signal_number
-from garden.main import serve
-from tests.unit.fakes import FakeKernel, FakeNetworker, FakeProcesses
+from tests.unit.fakes import FakeProcesses, serve_fakes
 
 
 @pytest.fixture
 async def fake(
     tmp_path: Path, nursery: trio.Nursery
 ) -> AsyncIterator[tuple[httpx.AsyncClient, FakeProcesses]]:
-    rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    config = ServerConfig(
-        state_dir=str(tmp_path / "state"),
-        default_rootfs=str(rootfs),
-        bind_port=0,
-        tag="gtest",
-        handle_signals=False,
-    )
     processes = FakeProcesses()
-    binds = await nursery.start(
-        partial(serve, config, kernel=FakeKernel(), processes=processes, networker=FakeNetworker())
-    )
-    async with httpx.AsyncClient(base_url=binds[0]) as c:
+    url = await serve_fakes(nursery, tmp_path, processes=processes)
+    async with httpx.AsyncClient(base_url=url) as c:
         assert (await c.post("/containers", json={"handle": "c"})).status_code == 200
         yield c, processes
     nursery.cancel_scope.cancel()
