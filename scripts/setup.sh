@@ -25,7 +25,7 @@ readonly PACKAGES=(
   skopeo docker-registry            # registry tests: push images to a local registry
   e2fsprogs util-linux              # loop-image disk limits (mkfs.ext4, losetup, mount)
   python3 python3-venv python3-dev  # the server itself
-  git ca-certificates procps
+  git ca-certificates procps curl   # curl: the 1 GiB file test and bench/files_bench streams
   gcc libc6-dev                     # tests: a static syscall probe run inside containers
 )
 
