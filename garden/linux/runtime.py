@@ -167,10 +167,7 @@ def recorded_choice(root: Path) -> str | None:
         return None
     if name not in ("runc", "crun"):
         return None
-    with os.scandir(root) as it:
-        if any(e.is_dir(follow_symlinks=False) for e in it):
-            return name
-    return None
+    return name if Runtime(name, root).container_ids() else None
 
 
 async def probe_runtime(
@@ -183,9 +180,15 @@ async def probe_runtime(
     recorded under `root` while containers it made are there; an explicit choice that cannot
     work here raises RuntimeFailedError saying why."""
     reasons: list[str] = []
+    kept = recorded_choice(root)
     if preference == "auto":
-        kept = recorded_choice(root)
         names = [kept] if kept is not None else ["crun", "runc"]
+    elif kept not in (None, preference):
+        raise RuntimeFailedError(
+            f"choose OCI runtime ({preference})",
+            f"{root} holds containers made by {kept}; {preference} cannot manage them "
+            "(destroy them first, or run with that runtime)",
+        )
     else:
         names = [preference]
     for name in names:
@@ -208,12 +211,6 @@ async def probe_runtime(
             reasons.append(f"{name}: --version failed: {_stderr_text(result.stderr)}")
             continue
         os.makedirs(root, mode=0o700, exist_ok=True)
-        if recorded_choice(root) not in (None, name):
-            raise RuntimeFailedError(
-                f"choose OCI runtime ({preference})",
-                f"{root} holds containers made by {recorded_choice(root)}; {name} cannot manage "
-                "them (destroy them first, or run with that runtime)",
-            )
         (root / CHOICE_FILE).write_text(name + "\n")
         return Runtime(binary, root, name=name)
     raise RuntimeFailedError(f"choose OCI runtime ({preference})", "; ".join(reasons))
