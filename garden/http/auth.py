@@ -14,13 +14,11 @@ import hmac
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final, final
+from typing import Final, final
 
-from garden.api import encode
 from garden.config import ConfigError
 from garden.errors import UnauthorizedError
-from garden.http.errors import body_of, status_of
+from garden.http.refusal import ASGIApp, Receive, Scope, Send, refuse
 
 log = logging.getLogger("garden.http.auth")
 
@@ -28,12 +26,6 @@ OPEN_PATHS: Final = frozenset({"/ping"})
 MIN_TOKEN_LENGTH: Final = 16
 MAX_TOKEN_FILE: Final = 64 * 1024
 CHALLENGE: Final = b'Bearer realm="garden"'
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def read_tokens(path: str) -> tuple[bytes, ...]:
@@ -117,17 +109,6 @@ def _authorization(scope: Scope) -> bytes | None:
     return found
 
 
-def _denied() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    error = UnauthorizedError("missing or wrong bearer token (Authorization: Bearer <token>)")
-    body = encode(body_of(error))
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"www-authenticate", CHALLENGE),
-    ]
-    return status_of(error), headers, body
-
-
 def require_token(app: ASGIApp, tokens: TokenFile) -> ASGIApp:
     """`app` behind the token check (lifespan and `/ping` pass through)."""
 
@@ -141,20 +122,14 @@ def require_token(app: ASGIApp, tokens: TokenFile) -> ASGIApp:
             return
         client = (scope.get("client") or ("-",))[0]
         log.warning("unauthorized kind=%s path=%s client=%s", kind, scope.get("path", "-"), client)
-        status, headers, body = _denied()
-        if kind == "http":
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        message = await receive()  # websocket.connect
-        if message["type"] != "websocket.connect":
-            return
-        if "websocket.http.response" in scope.get("extensions", {}):
-            await send(
-                {"type": "websocket.http.response.start", "status": status, "headers": headers}
-            )
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": 1008})
+        error = UnauthorizedError("missing or wrong bearer token (Authorization: Bearer <token>)")
+        await refuse(
+            scope,
+            receive,
+            send,
+            error,
+            headers=((b"www-authenticate", CHALLENGE),),
+            close_code=1008,
+        )
 
     return guarded

@@ -5,19 +5,9 @@ whole in one read is checked here."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
 from garden import bounds
-from garden.api import encode
 from garden.errors import InvalidRequestError
-from garden.http.errors import body_of, status_of
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from garden.http.refusal import ASGIApp, Receive, Scope, Send, refuse
 
 
 def head_problem(scope: Scope) -> str | None:
@@ -38,25 +28,13 @@ def limit_heads(app: ASGIApp) -> ASGIApp:
         if problem is None:
             await app(scope, receive, send)
             return
-        error = InvalidRequestError(problem)
-        body = encode(body_of(error))
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        status = status_of(error)
-        if scope["type"] == "http":
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        if (await receive())["type"] != "websocket.connect":
-            return
-        if "websocket.http.response" in scope.get("extensions", {}):
-            start = {"type": "websocket.http.response.start", "status": status, "headers": headers}
-            await send(start)
-            await send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await send({"type": "websocket.close", "code": 1009})
+        await refuse(
+            scope,
+            receive,
+            send,
+            InvalidRequestError(problem),
+            headers=((b"connection", b"close"),),
+            close_code=1009,
+        )
 
     return bounded
