@@ -70,13 +70,13 @@ def instrument(timings: Timings) -> None:
         (containers, "unmount_overlay", "destroy: overlay umount"),
         (containers, "remove_tree", "destroy: remove the bundle dir"),
         (containers, "kill_and_wait", "destroy: kill init, wait"),
-        (Runtime, "run", "create: runc run -d"),
-        (Runtime, "delete", "destroy: runc delete"),
+        (Runtime, "run", "create: runtime run -d"),
+        (Runtime, "delete", "destroy: runtime delete"),
         (CgroupsV1, "remove", "destroy: cgroup rmdir"),
         (LinuxNetworker, "setup", "create: network set-up"),
         (LinuxNetworker, "teardown", "destroy: network teardown"),
         (processes.LinuxProcesses, "spawn", "run: spawn (prepare + conmon)"),
-        (monitor, "_run_conmon", "run: conmon + runc exec -d until the pid"),
+        (monitor, "_run_conmon", "run: conmon + runtime exec -d until the pid"),
         (monitor, "wait_exit", "run: after the pid, until conmon has exited"),
     ]
     for owner, name, label in steps:
@@ -106,6 +106,8 @@ def instrument(timings: Timings) -> None:
 
 async def measure(n: int) -> Timings:
     from garden.config import ServerConfig
+    from garden.linux import sealed_exe
+    from garden.linux.runtime import recorded_choice
     from garden.main import serve
 
     timings: Timings = defaultdict(list)
@@ -136,6 +138,9 @@ async def measure(n: int) -> Timings:
             handle = msgspec.json.decode(body)["handle"]
             _, body = await conn.call("GET", f"/containers/{handle}/info")
             cid = msgspec.json.decode(body)["container_path"].rsplit("/", 1)[1]
+            root = work / "state" / "runtime"
+            runtime = recorded_choice(root) or "runc"
+            sealed = sealed_exe.sealed_copy(shutil.which(runtime) or runtime)
             for _ in range(n):
                 started = time.perf_counter()
                 response = await conn.request(
@@ -149,10 +154,13 @@ async def measure(n: int) -> Timings:
                     (time.perf_counter() - started) * 1000
                 )
                 started = time.perf_counter()
-                await trio.run_process(
-                    ["runc", "--root", str(work / "state" / "runtime"), "exec", cid, "true"]
+                await trio.run_process([runtime, "--root", str(root), "exec", cid, "true"])
+                client[f"bare: {runtime} exec true"].append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                await trio.run_process([sealed, "--root", str(root), "exec", cid, "true"])
+                client[f"bare: {runtime} exec true, sealed copy"].append(
+                    (time.perf_counter() - started) * 1000
                 )
-                client["bare: runc exec true"].append((time.perf_counter() - started) * 1000)
             await conn.call("DELETE", f"/containers/{handle}")
             await conn.aclose()
             nursery.cancel_scope.cancel()
@@ -169,7 +177,19 @@ async def measure(n: int) -> Timings:
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.phases", description=__doc__)
     p.add_argument("-n", type=int, default=30, help="creates and runs")
+    p.add_argument(
+        "--unsealed",
+        action="store_true",
+        help="run the runtime's file, not the sealed in-memory copy (for a before/after)",
+    )
     args = p.parse_args()
+    if args.unsealed:
+        from garden.linux import runtime
+
+        def refuse(binary: str) -> str:
+            raise OSError("--unsealed")
+
+        setattr(runtime, "sealed_copy", refuse)  # noqa: B010
     timings = trio.run(measure, args.n)
     width = max(map(len, timings))
     for label in sorted(timings):

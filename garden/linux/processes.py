@@ -75,7 +75,7 @@ class LinuxProcesses:
             )
         )
         return await monitor.spawn(
-            runtime=self.runtime.binary,
+            runtime=self.runtime.exe,
             runtime_root=self.runtime.root,
             container_id=plan.container_id,
             process_dir=pdir,

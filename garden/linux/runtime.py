@@ -8,6 +8,7 @@ stdout and a file for stderr (a pipe would be held open by the init forever).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -17,6 +18,9 @@ from typing import Any, Literal
 import trio
 
 from garden.errors import RuntimeFailedError
+from garden.linux.sealed_exe import sealed_copy
+
+log = logging.getLogger(__name__)
 
 RuntimeChoice = Literal["auto", "runc", "crun"]
 
@@ -24,13 +28,19 @@ _NOT_FOUND_HINTS = ("does not exist", "not exist", "no such file", "not found")
 
 
 class Runtime:
-    def __init__(self, binary: str, root: Path, *, name: str | None = None) -> None:
+    """`binary` is the runtime's file; `exe` what to execute (by default the same; the server
+    runs a sealed in-memory copy of it, see `garden.linux.sealed_exe`)."""
+
+    def __init__(
+        self, binary: str, root: Path, *, name: str | None = None, exe: str | None = None
+    ) -> None:
         self.binary = binary
+        self.exe = exe or binary
         self.root = Path(root)
         self.name = name or Path(binary).name
 
     def _cmd(self, *args: str) -> list[str]:
-        return [self.binary, "--root", str(self.root), *args]
+        return [self.exe, "--root", str(self.root), *args]
 
     async def _run(self, what: str, *args: str) -> bytes:
         result = await trio.run_process(
@@ -120,6 +130,32 @@ class Runtime:
             return []
 
 
+async def _version(exe: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process(
+        [exe, "--version"],
+        stdin=subprocess.DEVNULL,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+
+
+async def _usable_exe(binary: str) -> tuple[str, subprocess.CompletedProcess[bytes]]:
+    """What to run for `binary` and its `--version` answer: a sealed in-memory copy, or the
+    file itself where a copy cannot be made or run (e.g. `vm.memfd_noexec` = 2): the runtime
+    then protects itself at every call."""
+    try:
+        exe = sealed_copy(binary)
+        result = await _version(exe)
+        if result.returncode == 0:
+            return exe, result
+        reason = _stderr_text(result.stderr)
+    except OSError as e:
+        reason = str(e)
+    log.warning("runtime-copy-unused binary=%s reason=%s", binary, reason)
+    return binary, await _version(binary)
+
+
 def _stderr_text(raw: bytes) -> str:
     return raw.decode(errors="replace").strip()[-2000:] or "(no output)"
 
@@ -200,17 +236,11 @@ async def probe_runtime(
         if refusal is not None:
             reasons.append(f"crun: {refusal}")
             continue
-        result = await trio.run_process(
-            [binary, "--version"],
-            stdin=subprocess.DEVNULL,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
+        exe, result = await _usable_exe(binary)
         if result.returncode != 0:
             reasons.append(f"{name}: --version failed: {_stderr_text(result.stderr)}")
             continue
         os.makedirs(root, mode=0o700, exist_ok=True)
         (root / CHOICE_FILE).write_text(name + "\n")
-        return Runtime(binary, root, name=name)
+        return Runtime(binary, root, name=name, exe=exe)
     raise RuntimeFailedError(f"choose OCI runtime ({preference})", "; ".join(reasons))

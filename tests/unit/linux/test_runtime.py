@@ -125,3 +125,27 @@ async def test_auto_keeps_the_runtime_that_made_the_containers_still_there(tmp_p
     (root / "somecontainer").rmdir()  # none left: auto is free to choose again
     assert (await probe_runtime("auto", root=root, cgroup_root=cg)).name == "crun"
     assert (root / ".garden-runtime").read_text() == "crun\n"
+
+
+async def test_probe_runs_a_sealed_copy_of_the_runtime(tmp_path: Path) -> None:
+    """The runtime skips its own per-call re-exec (CVE-2019-5736 defence) only when it runs
+    from a sealed memfd: the probe hands out such a copy of the file it found."""
+    from garden.linux.sealed_exe import is_sealed
+
+    rt = await probe_runtime("runc", root=tmp_path / "r")
+    assert rt.exe != rt.binary and is_sealed(rt.exe)
+    assert Path(rt.exe).read_bytes() == Path(rt.binary).read_bytes()
+    assert rt._cmd("state", "x")[0] == rt.exe
+
+
+async def test_probe_falls_back_to_the_file_when_no_copy_can_be_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from garden.linux import runtime
+
+    def refuse(binary: str) -> str:
+        raise PermissionError(1, "memfd_create refused")
+
+    monkeypatch.setattr(runtime, "sealed_copy", refuse)
+    rt = await probe_runtime("runc", root=tmp_path / "r")
+    assert rt.exe == rt.binary
