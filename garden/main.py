@@ -20,6 +20,7 @@ from garden import __version__, bounds
 from garden.actors.ports import ContainerFiles, ContainerKernel, Networker, ProcessKernel
 from garden.actors.supervisor import Supervisor
 from garden.config import MONITOR_SOCKET_ROOT, ServerConfig, group_id
+from garden.errors import CgroupError
 from garden.events.journal import Journal
 from garden.events.schema import ServerStarted
 from garden.events.snapshot import SNAPSHOT_FILE, Restored, restore
@@ -183,6 +184,7 @@ async def serve(
             trash = await stack.enter_async_context(open_trash(config.state_path / "trash"))
             real = await build_kernel(config, trash=trash)
             stack.callback(real.images.registries.close)  # idle connections to registries
+            stack.push_async_callback(release_cgroup_parent, real, restored)
             watcher = await stack.enter_async_context(open_log_watcher())
             kernel = real
             processes = LinuxProcesses(
@@ -203,6 +205,19 @@ async def serve(
             reporter,
             task_status,
         )
+
+
+async def release_cgroup_parent(kernel: LinuxContainers, restored: Restored) -> None:
+    """After a stop that leaves no container, remove the server's parent cgroups too (they
+    are made again by the next create). With containers left they stay, for those."""
+    if restored.state.containers:
+        return
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + SHUTDOWN_GRACE
+        try:
+            await kernel.remove_cgroup_parent_if_empty()
+        except (CgroupError, OSError) as e:  # logged; the next start finds the parent again
+            log.warning("cgroup-parent-kept reason=%s", e)
 
 
 def socket_dir(config: ServerConfig) -> Path:

@@ -169,3 +169,24 @@ def test_processes_survive_a_server_crash(server_process: ServerProcess, state_d
     assert events.count('"type":"ProcessExited"') == 2
     sp.kill(signal.SIGTERM)
     assert leftovers(sp.config) == []
+
+
+def test_clean_stop_with_no_containers_removes_the_parent_cgroups(
+    server_process: ServerProcess,
+) -> None:
+    """Regression: a server stopped with SIGTERM after its last destroy left its empty
+    per-tag parent cgroup in every hierarchy; one stopped with containers keeps it for them."""
+    sp = server_process
+    cg = detect()
+    parent = sp.config.cgroup_parent
+    sp.start()
+    with httpx.Client(base_url=sp.url, timeout=30) as c:
+        create(c, "stays")
+        assert cg.exists(parent)
+    assert sp.kill(signal.SIGTERM) == 0
+    assert cg.exists(parent), "the parent of a live container was removed"
+    sp.start()
+    with httpx.Client(base_url=sp.url, timeout=30) as c:
+        assert c.delete("/containers/stays").status_code == 200
+    assert sp.kill(signal.SIGTERM) == 0
+    assert not cg.exists(parent), f"{parent} left behind after a clean stop"
