@@ -12,12 +12,13 @@ import signal
 
 import trio
 
+from garden.linux.kfiles import read_bytes
+
 
 def _stat_fields(pid: int) -> list[bytes] | None:
     """Fields 3.. of /proc/<pid>/stat (state, ppid, ...), None if the process is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        data = read_bytes(f"/proc/{pid}/stat")
     except (FileNotFoundError, ProcessLookupError):
         return None
     # comm (field 2) may contain spaces and ')': everything after the last ')' is fields 3..

@@ -9,6 +9,7 @@ from pathlib import Path
 import trio
 
 from garden.errors import CgroupError
+from garden.linux.kfiles import read_text
 
 _RETRY_DELAY = 0.005
 
@@ -32,7 +33,7 @@ def subdirs(d: Path) -> list[str]:
 
 def read_pids(procs: Path) -> list[int]:
     try:
-        text = procs.read_text()
+        text = read_text(procs)
     except FileNotFoundError:
         return []
     return [int(line) for line in text.split()]
@@ -60,7 +61,7 @@ async def rmdir_tree(d: Path, deadline: float) -> None:
 def read_value(f: Path) -> str | None:
     """The stripped content of a control file, or None if it (or its cgroup) does not exist."""
     try:
-        return f.read_text().strip()
+        return read_text(f).strip()
     except (FileNotFoundError, NotADirectoryError):
         return None
 

@@ -24,6 +24,7 @@ import trio
 
 from garden import faults
 from garden.errors import GardenError
+from garden.linux.kfiles import read_bytes
 from garden.linux.net import hosts, names, netlink, nft, tc
 from garden.linux.plan import (
     Bandwidth,
@@ -213,8 +214,7 @@ class LinuxNetworker:
             ("tx_packets", "rx_packets"),
         ):
             try:
-                with open(f"{base}/{theirs}") as f:
-                    out[ours] = int(f.read())
+                out[ours] = int(read_bytes(f"{base}/{theirs}"))
             except (OSError, ValueError):
                 pass
         return out
