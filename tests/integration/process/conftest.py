@@ -2,7 +2,8 @@
 
 Rootfs: busybox-static + `--install -s`, etc/passwd with root and vcap (1000), catatonit -P as
 init bind-mounted at /.catatonit, no user namespace, cgroup parent /gtest-proc-<random>. Torn down
-with runc kill/delete and the cgroup parent removed from every hierarchy, even on failure.
+with runc kill/delete and the cgroup parent removed from every hierarchy, even on failure; a
+session killed before that is cleaned up by the next one (`owner` names its pytest process).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from garden.linux import output
+from garden.linux.proc import pid_start_time
 
 BUSYBOX = "/bin/busybox"
 CATATONIT = "/usr/bin/catatonit"
@@ -98,13 +100,42 @@ def _remove_cgroup_parent(parent: str) -> None:
                 continue
 
 
+def _tear_down(base: Path, cid: str, parent: str) -> None:
+    runtime_root = base / "runc"
+    for args in (["kill", cid, "KILL"], ["delete", "-f", cid]):
+        subprocess.run(
+            [RUNC, "--root", str(runtime_root), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+    _remove_cgroup_parent(parent)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _sweep_abandoned() -> None:
+    """Tear down the containers of earlier sessions that were killed before their teardown
+    (their `owner` file names a pytest process that is gone)."""
+    for base in Path(tempfile.gettempdir()).glob("gtp-*"):
+        try:
+            pid, start, token = (base / "owner").read_text().split()
+        except (OSError, ValueError):
+            continue  # not ours, or a session that is still writing it
+        if pid_start_time(int(pid)) == int(start):
+            continue  # its session still runs
+        _tear_down(base, f"gtest-proc-{token}", f"/gtest-proc-{token}")
+
+
 @pytest.fixture(scope="session")
 def container() -> Iterator[Container]:
     needs_root()
+    _sweep_abandoned()
     token = uuid.uuid4().hex[:8]
     cid = f"gtest-proc-{token}"
     parent = f"/gtest-proc-{token}"
     base = Path(tempfile.mkdtemp(prefix="gtp-"))  # short: the attach socket path must fit
+    (base / "owner").write_text(f"{os.getpid()} {pid_start_time(os.getpid())} {token}\n")
     bundle, runtime_root = base / "bundle", base / "runc"
     bundle.mkdir()
     (base / "p").mkdir()
@@ -131,16 +162,7 @@ def container() -> Iterator[Container]:
             env=["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "CONTAINER=yes"],
         )
     finally:
-        for args in (["kill", cid, "KILL"], ["delete", "-f", cid]):
-            subprocess.run(
-                [RUNC, "--root", str(runtime_root), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
-        _remove_cgroup_parent(parent)
-        shutil.rmtree(base)
+        _tear_down(base, cid, parent)
 
 
 @pytest.fixture
