@@ -3,14 +3,18 @@
 #   1. the Debian packages the server and its tests use,
 #   2. a virtualenv in <repo>/.venv with the project installed editable, with its dev tools,
 #   3. the default rootfs (busybox) in /usr/local/lib/garden/rootfs,
-#   4. on a hybrid-cgroup host, unused cgroup2 controllers moved to v1 so that crun can run.
+#   4. on a hybrid-cgroup host, unused cgroup2 controllers moved to v1 so that crun can run,
+#   5. a Debian minbase tarball of the host's release (mmdebstrap, once, ~75 s) that the image
+#      tests turn into a real image (tests/integration/test_images_debian.py).
 # Every step checks first and does nothing when its work is already done, so a second run takes
 # about a second. Safe to run concurrently (a lock serialises runs).
 #
-# Usage: scripts/setup.sh [--rebuild-rootfs] [--help]
+# Usage: scripts/setup.sh [--rebuild-rootfs] [--rebuild-minbase] [--help]
 # Environment:
-#   PYTHON             the interpreter for a new .venv (default: python3 on PATH, else /usr/bin/python3)
-#   GARDEN_ROOTFS_DIR  where to build the default rootfs (default: /usr/local/lib/garden/rootfs)
+#   PYTHON              the interpreter for a new .venv (default: python3 on PATH, else /usr/bin/python3)
+#   GARDEN_ROOTFS_DIR   where to build the default rootfs (default: /usr/local/lib/garden/rootfs)
+#   GARDEN_MINBASE_TAR  where to keep the minbase tarball (default: /var/cache/garden-trio/debian-minbase.tar)
+#   GARDEN_SKIP_MINBASE=1  do not build it (no Debian mirror): its test then skips, saying so
 set -euo pipefail
 
 # Bump when the rootfs contents below change: every machine then rebuilds it on its next setup.
@@ -21,6 +25,7 @@ readonly PACKAGES=(
   runc crun conmon catatonit        # OCI runtimes, per-process monitor, init for PID 1
   nftables iptables iproute2        # container networking
   busybox-static                    # the default rootfs
+  mmdebstrap                        # a Debian minbase image for the image tests (step 5)
   zstd                              # zstd-compressed image layers (docs/images.md)
   skopeo docker-registry            # registry tests: push images to a local registry
   e2fsprogs util-linux              # loop-image disk limits (mkfs.ext4, losetup, mount)
@@ -38,6 +43,7 @@ readonly VENV_STAMP="$VENV_DIR/.garden-setup-stamp"
 # would pay (docs/adr/client-transport.md).
 readonly EDITABLE_MODE=compat
 readonly ROOTFS_DIR="${GARDEN_ROOTFS_DIR:-/usr/local/lib/garden/rootfs}"
+readonly MINBASE_TAR="${GARDEN_MINBASE_TAR:-/var/cache/garden-trio/debian-minbase.tar}"
 readonly MIN_PYTHON=(3 11)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -48,9 +54,11 @@ usage() {
 }
 
 REBUILD_ROOTFS=0
+REBUILD_MINBASE=0
 for arg in "$@"; do
   case "$arg" in
     --rebuild-rootfs) REBUILD_ROOTFS=1 ;;
+    --rebuild-minbase) REBUILD_MINBASE=1 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $arg" ;;
   esac
@@ -288,8 +296,74 @@ free_cgroup2_controllers() {
   done
 }
 
+# --- 5. A Debian minbase tarball for the image tests ----------------------------------------------
+# `mmdebstrap --variant=minbase` of the host's release and architecture from the apt sources the
+# host itself uses (its mirror, proxy and Valid-Until settings), written as a tar beside the
+# final place and renamed into it. Built once: a second run only compares the stamp (release and
+# architecture). mmdebstrap took 75 s here, debootstrap 104 s before any tar (docs/images.md).
+
+minbase_want_stamp() {
+  local id codename
+  id=$(. /etc/os-release && echo "${ID:-}")
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  [[ $id == debian && -n $codename ]] || return 1
+  printf 'garden-minbase 1 %s %s\n' "$codename" "$(dpkg --print-architecture)"
+}
+
+# The apt lines of the host's own sources for its release (and its -updates/-security suites).
+minbase_sources() {
+  local codename=$1
+  apt-get indextargets --format '$(REPO_URI) $(RELEASE) $(COMPONENT)' 'Created-By: Packages' \
+    2>/dev/null | awk -v r="$codename" '$2 == r || index($2, r "-") == 1 { print "deb " $0 }' \
+    | sort -u
+}
+
+setup_minbase() {
+  if [[ ${GARDEN_SKIP_MINBASE:-} == 1 ]]; then
+    log "minbase: skipped (GARDEN_SKIP_MINBASE=1); the Debian image test will skip"
+    return
+  fi
+  local want have= stamp="$MINBASE_TAR.stamp"
+  if ! want=$(minbase_want_stamp); then
+    log "minbase: not a Debian host; skipped (set GARDEN_SKIP_MINBASE=1 so its test skips)"
+    return
+  fi
+  [[ -f $stamp && -f $MINBASE_TAR ]] && have=$(<"$stamp")
+  if [[ $want == "$have" && $REBUILD_MINBASE -eq 0 ]]; then
+    log "minbase: up to date ($MINBASE_TAR)"
+    return
+  fi
+  local codename sources opts=() value
+  codename=$(awk '{ print $3 }' <<<"$want")
+  sources=$(minbase_sources "$codename")
+  if [[ -z $sources ]]; then
+    apt-get update -q </dev/null >&2
+    sources=$(minbase_sources "$codename")
+  fi
+  [[ -n $sources ]] || sources="deb http://deb.debian.org/debian $codename main"
+  # mmdebstrap's apt does not read the host's apt.conf.d: pass on what reaches the mirror.
+  for key in Acquire::Check-Valid-Until Acquire::http::Proxy Acquire::https::Proxy; do
+    value=$(apt-config dump --format '%v%n' "$key" 2>/dev/null | head -n1 || true)
+    [[ -n $value ]] && opts+=(--aptopt="$key \"$value\"")
+  done
+  log "minbase: building $MINBASE_TAR ($codename, from: $(tr '\n' ';' <<<"$sources"))"
+  mkdir -p "$(dirname "$MINBASE_TAR")"
+  local new started=$SECONDS
+  new=$(mktemp "$MINBASE_TAR.new.XXXXXX")
+  # shellcheck disable=SC2064  # expand now: $new is local
+  trap "rm -f '$new'" EXIT
+  mmdebstrap --quiet --variant=minbase --format=tar "${opts[@]}" "$codename" "$new" - \
+    <<<"$sources" >&2 || die "minbase: mmdebstrap failed (or set GARDEN_SKIP_MINBASE=1)"
+  chmod 0644 "$new"
+  mv -f "$new" "$MINBASE_TAR"
+  trap - EXIT
+  printf '%s\n' "$want" >"$stamp"
+  log "minbase: built $MINBASE_TAR ($(du -h "$MINBASE_TAR" | cut -f1), $((SECONDS - started)) s)"
+}
+
 install_packages
 setup_venv
 setup_rootfs
 free_cgroup2_controllers
+setup_minbase
 log "ready"

@@ -62,15 +62,24 @@ class ImageService:
 
     @asynccontextmanager
     async def use(
-        self, source: ImageSource, origin: ev.Origin, progress: ImportProgress | None = None
+        self,
+        source: ImageSource,
+        origin: ev.Origin,
+        progress: ImportProgress | None = None,
+        *,
+        refresh: bool = False,
     ) -> AsyncIterator[ImageManifest]:
-        """The image, its layers in the store and pinned for as long as the `with` lasts."""
-        manifest = await self.store.inspect(source)
+        """The image, its layers in the store and pinned for as long as the `with` lasts. A
+        `docker://` tag already stored is used as stored, like `docker run`; `refresh` (a
+        pull: `POST /images`) asks the registry where the tag is now."""
+        manifest = await self.store.inspect(source, refresh=refresh)
         diff_ids = manifest.diff_ids
         self._pinned_layers.update(diff_ids)
         self._pinned_images[manifest.digest] += 1
         try:
             await self._import(source, manifest, origin, progress)
+            if source.kind == "docker":
+                await self._tag(source, manifest.digest, origin)
             yield manifest
         finally:
             self._pinned_layers.subtract(diff_ids)
@@ -119,6 +128,16 @@ class ImageService:
                 ),
                 origin=origin,
             )
+
+    async def _tag(self, source: ImageSource, digest: str, origin: ev.Origin) -> None:
+        previous = await self.store.tag(source, digest)
+        if previous is None:
+            return
+        reference = self.store.reference(source)
+        log.info("image-tagged reference=%s digest=%s previous=%s", reference, digest, previous)
+        await self.journal.record(
+            ev.ImageTagged(reference=reference, digest=digest, previous=previous), origin=origin
+        )
 
     def listing(self) -> ImagesReply:
         layer_use: Counter[str] = Counter()

@@ -234,7 +234,19 @@ class ImageStore(Protocol):
     unpacking their layers once each, and what is stored. `ImageNotFoundError` /
     `InvalidImageError` for images that are not there or cannot be used."""
 
-    async def inspect(self, source: ImageSource) -> ImageManifest: ...
+    async def inspect(self, source: ImageSource, *, refresh: bool = False) -> ImageManifest:
+        """A `docker://` tag that names a stored image is that image (no registry asked)
+        unless `refresh`."""
+        ...
+
+    async def tag(self, source: ImageSource, digest: str) -> str | None:
+        """Record that the `docker://` tag of `source` names the stored image `digest`; the
+        digest it named before ("" for none) when that changed, else None."""
+        ...
+
+    def reference(self, source: ImageSource) -> str:
+        """The canonical `registry/name:tag` of a `docker://` source."""
+        ...
 
     async def unpack(
         self, source: ImageSource, layer: LayerRef, progress: Callable[[int], None] | None = None

@@ -176,6 +176,16 @@ class ImageImported(Event, tag=True, frozen=True):
     layers: list[str] = []
 
 
+class ImageTagged(Event, tag=True, frozen=True):
+    """A registry reference (`registry/name:tag`) now names this stored image: its first pull,
+    or a pull (`POST /images`) that found the tag moved. Creates of the reference use the
+    stored image without asking the registry (docs/images.md)."""
+
+    reference: str
+    digest: str
+    previous: str = ""  # the digest it named before, "" when it named none
+
+
 class ImagesPruned(Event, tag=True, frozen=True):
     """Images and layers that no container used were removed from the store."""
 
@@ -209,6 +219,7 @@ AnyEvent = (
     | ServerStarted
     | LayerUnpacked
     | ImageImported
+    | ImageTagged
     | ImagesPruned
 )
 

@@ -172,6 +172,7 @@ def evolve(state: ServerState, record: ev.Record) -> None:
             | ev.ResourceSwept()
             | ev.LayerUnpacked()
             | ev.ImageImported()
+            | ev.ImageTagged()
             | ev.ImagesPruned()
         ):
             pass  # the image store is on disk (garden/linux/images/store.py)

@@ -49,7 +49,8 @@ def register(app: QuartTrio, sup: Supervisor) -> None:
         if not isinstance(source, ImageSource):
             raise InvalidRequestError(f"rootfs {req.rootfs!r}: not an image this server can read")
         service = sup.image_service()
-        await service.store.inspect(source)  # a missing image is a 404 before the stream
+        # A missing image is a 404 before the stream; a registry tag is asked for again.
+        await service.store.inspect(source, refresh=True)
         body = _ChannelBody(_import_stream(sup, source, origin()))
         return Response(body, content_type="application/x-ndjson")
 
@@ -65,7 +66,7 @@ async def _import_stream(
 
     async def work() -> None:
         try:
-            async with service.use(source, who, progress) as manifest:
+            async with service.use(source, who, progress, refresh=True) as manifest:
                 digest = manifest.digest
             outcome.append(next(i for i in service.listing().images if i.digest == digest))
         except GardenError as e:

@@ -76,3 +76,11 @@ class StoredImage(msgspec.Struct, frozen=True, kw_only=True):
 
     manifest: ImageManifest
     imported_at: float = 0.0
+
+
+class StoredRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A registry tag (`registry/name:tag`) and the stored image it names: what the last pull
+    of the tag found, which creates of the tag use without asking the registry."""
+
+    reference: str
+    digest: str

@@ -5,6 +5,7 @@
     shifted/<uid base>/<hex>/         a copy of root/ with every owner shifted by the base,
                                       for unprivileged containers (made on first use)
     images/<hex>.json                 an image record: manifest digest, source, tags, layers
+    refs/<sha256 of reference>.json   which stored image a registry tag names (`tag`)
     trash/                            what a prune removed, deleted in the background
     .tmp-*                            work in progress; a start-up `sweep` removes leftovers
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import os
 import shutil
 import subprocess
@@ -35,10 +37,10 @@ import msgspec
 import trio
 
 from garden.errors import InvalidImageError, KernelError, RegistryError
-from garden.images.model import ImageManifest, LayerRef, StoredImage, StoredLayer
+from garden.images.model import ImageManifest, LayerRef, StoredImage, StoredLayer, StoredRef
 from garden.images.uri import ImageSource
 from garden.linux.images.blobs import tar_stream
-from garden.linux.images.formats import ImageFiles, blob_name, read_image, stamp
+from garden.linux.images.formats import DIGEST_RE, ImageFiles, blob_name, read_image, stamp
 from garden.linux.images.registry import Registries
 from garden.linux.images.unpack import LayerError, unpack_layer
 from garden.linux.rootfs import shift_owners
@@ -46,6 +48,7 @@ from garden.linux.rootfs import shift_owners
 TMP_PREFIX = ".tmp-"
 _layer_decoder = msgspec.json.Decoder(StoredLayer)
 _image_decoder = msgspec.json.Decoder(StoredImage)
+_ref_decoder = msgspec.json.Decoder(StoredRef)
 
 Progress = Callable[[int], None]
 
@@ -63,6 +66,7 @@ class LayerStore:
         self.shifted_dir = self.root / "shifted"
         self.images_dir = self.root / "images"
         self.trash_dir = self.root / "trash"
+        self.refs_dir = self.root / "refs"
         self._locks: dict[str, trio.Lock] = {}
         self._seen: dict[ImageSource, tuple[object, ImageManifest]] = {}
         self._pull_failures: dict[str, RegistryError] = {}  # the last, by diff id
@@ -70,12 +74,15 @@ class LayerStore:
 
     # -- reading images -------------------------------------------------------------------
 
-    async def inspect(self, source: ImageSource) -> ImageManifest:
+    async def inspect(self, source: ImageSource, *, refresh: bool = False) -> ImageManifest:
         """The manifest of the image `source` names. Cached while the image file (or the
         layout's index.json) is unchanged, so a create from a known image reads nothing. A
-        registry is asked each time (a tag may have moved), but its layers are pulled only
-        when they are not in the store (`unpack`)."""
+        registry reference that names a stored image (`stored`) is that image, without asking
+        the registry, unless `refresh` (a pull) asks the registry where the tag is now; its
+        layers are pulled only when they are not in the store (`unpack`)."""
         if source.kind == "docker":
+            if not refresh and (stored := self.stored(source)) is not None:
+                return stored
             return await trio.to_thread.run_sync(self.registries.read_image, source)
         seen = self._seen.get(source)
         if seen is not None and seen[0] == stamp(source.path):
@@ -83,6 +90,59 @@ class LayerStore:
         manifest, files = await trio.to_thread.run_sync(read_image, source)
         self._seen[source] = (files.stamp, manifest)
         return manifest
+
+    # -- registry references ----------------------------------------------------------------
+
+    def reference(self, source: ImageSource) -> str:
+        """The canonical form of a `docker://` reference: `registry/name:tag` or
+        `registry/name@sha256:<hex>`, the default registry and `library/` filled in."""
+        ref = self.registries.reference(source)
+        sep = "@" if DIGEST_RE.fullmatch(ref.reference) else ":"
+        return f"{ref.registry}/{ref.name}{sep}{ref.reference}"
+
+    def stored(self, source: ImageSource) -> ImageManifest | None:
+        """The stored image a `docker://` reference names (a digest, or a tag a pull
+        recorded with `tag`), with every layer in the store; None when there is none. Reads
+        only the store, never the registry."""
+        ref = self.registries.reference(source)
+        digest = ref.reference
+        if not DIGEST_RE.fullmatch(digest):
+            digest = self._tagged(self.reference(source))
+        if not digest:
+            return None
+        try:
+            record = _image_decoder.decode((self.images_dir / f"{_hex(digest)}.json").read_bytes())
+        except (OSError, msgspec.DecodeError):
+            return None
+        if not all(self.has_layer(d) for d in record.manifest.diff_ids):
+            return None
+        return record.manifest
+
+    def _ref_path(self, reference: str) -> Path:
+        return self.refs_dir / (hashlib.sha256(reference.encode()).hexdigest() + ".json")
+
+    def _tagged(self, reference: str) -> str:
+        try:
+            ref = _ref_decoder.decode(self._ref_path(reference).read_bytes())
+        except (OSError, msgspec.DecodeError):
+            return ""
+        return ref.digest if ref.reference == reference else ""
+
+    async def tag(self, source: ImageSource, digest: str) -> str | None:
+        """Record that the `docker://` tag of `source` names the stored image `digest`. The
+        digest it named before ("" for none) when this changed it; None when it already
+        named `digest` (or `source` is a digest, which names itself)."""
+        ref = self.registries.reference(source)
+        if source.kind != "docker" or DIGEST_RE.fullmatch(ref.reference):
+            return None
+        reference = self.reference(source)
+        async with self._lock("tag:" + reference):
+            previous = self._tagged(reference)
+            if previous == digest:
+                return None
+            data = msgspec.json.encode(StoredRef(reference=reference, digest=digest))
+            await trio.to_thread.run_sync(_write_atomic, self._ref_path(reference), data)
+            return previous
 
     # -- layers -----------------------------------------------------------------------------
 
@@ -268,7 +328,7 @@ class LayerStore:
 
     def _sweep_sync(self) -> list[str]:
         found = []
-        parents = [self.layers_dir, self.images_dir, *_dirs(self.shifted_dir)]
+        parents = [self.layers_dir, self.images_dir, self.refs_dir, *_dirs(self.shifted_dir)]
         for parent in parents:
             for name in _entries(parent):
                 if name.startswith(TMP_PREFIX):

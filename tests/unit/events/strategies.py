@@ -148,6 +148,7 @@ EVENTS: dict[type, st.SearchStrategy[s.AnyEvent]] = {
         tags=st.lists(text, max_size=2),
         layers=st.lists(text, max_size=3),
     ),
+    s.ImageTagged: st.builds(s.ImageTagged, reference=text, digest=text, previous=text),
     s.ImagesPruned: st.builds(
         s.ImagesPruned, images=st.lists(text, max_size=2), layers=st.lists(text, max_size=3)
     ),
