@@ -1,5 +1,6 @@
-"""Images built by the tests themselves: layer tars from a list of entries, and those layers
-written as an OCI layout, an OCI archive or a docker archive (what `docker save` writes)."""
+"""Images built by the tests themselves: layer tars from a list of entries (or a tar file on
+disk, such as the Debian minbase tarball that scripts/setup.sh builds), and those layers written
+as an OCI layout, an OCI archive or a docker archive (what `docker save` writes)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import tarfile
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,9 +79,13 @@ def busybox_entries(
     return entries
 
 
+# A layer: an uncompressed tar in memory, or the path of one on disk (streamed, never read whole).
+Layer = bytes | Path
+
+
 @dataclass
 class Image:
-    layers: list[bytes]  # uncompressed tars, bottom first
+    layers: list[Layer]  # uncompressed tars, bottom first
     env: list[str] = field(default_factory=list)
     working_dir: str = ""
     user: str = ""
@@ -91,7 +97,7 @@ class Image:
             "config": {"Env": self.env, "WorkingDir": self.working_dir, "User": self.user},
             "rootfs": {
                 "type": "layers",
-                "diff_ids": [sha(layer) for layer in self.layers],
+                "diff_ids": [layer_digest(layer) for layer in self.layers],
             },
         }
         return json.dumps(cfg).encode()
@@ -99,6 +105,19 @@ class Image:
 
 def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def layer_digest(layer: Layer) -> str:
+    return _file_digest(layer) if isinstance(layer, Path) else sha(layer)
+
+
+@cache
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
 
 
 def _compress(data: bytes, how: str) -> tuple[bytes, str]:
@@ -124,11 +143,36 @@ def write_oci_layout(
         (blobs / digest[7:]).write_bytes(data)
         return digest
 
+    def put_file(path: Path) -> dict[str, Any]:
+        """A tar on disk as a blob: linked (or copied) as it is, or gzipped as a stream."""
+        if compress == "none":
+            digest, dest = layer_digest(path), blobs / layer_digest(path)[7:]
+            if not dest.exists():
+                try:
+                    os.link(path, dest)
+                except OSError:
+                    shutil.copyfile(path, dest)
+            media = "application/vnd.oci.image.layer.v1.tar"
+        elif compress == "gzip":
+            tmp = blobs / ".gzip-tmp"
+            with open(path, "rb") as src, open(tmp, "wb") as raw:
+                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
+                    shutil.copyfileobj(src, gz, 1 << 20)
+            digest = _file_digest(tmp)
+            os.replace(tmp, blobs / digest[7:])
+            media = "application/vnd.oci.image.layer.v1.tar+gzip"
+        else:
+            raise ValueError(f"a layer file cannot be compressed with {compress}")
+        return {"mediaType": media, "digest": digest, "size": (blobs / digest[7:]).stat().st_size}
+
     manifests = []
     for tag, image in images.items():
         config = image.config()
         layers = []
         for layer in image.layers:
+            if isinstance(layer, Path):
+                layers.append(put_file(layer))
+                continue
             blob, media = _compress(layer, compress)
             layers.append({"mediaType": media, "digest": put(blob), "size": len(blob)})
         manifest = json.dumps(
@@ -181,9 +225,12 @@ def write_docker_archive(path: Path, images: dict[str, Image]) -> None:
             add(config_name, config)
             layer_paths = []
             for layer in image.layers:
-                layer_id = sha(layer)[7:]
+                layer_id = layer_digest(layer)[7:]
                 if layer_id not in seen:
-                    add(f"{layer_id}/layer.tar", layer)
+                    if isinstance(layer, Path):
+                        tf.add(layer, arcname=f"{layer_id}/layer.tar")
+                    else:
+                        add(f"{layer_id}/layer.tar", layer)
                     seen.add(layer_id)
                 layer_paths.append(f"{layer_id}/layer.tar")
             entries.append({"Config": config_name, "RepoTags": [tag], "Layers": layer_paths})
