@@ -97,6 +97,15 @@ class Registry:
         pattern = re.compile(rf'"GET /v2/{re.escape(name)}/blobs/(sha256:[0-9a-f]{{64}}) HTTP')
         return pattern.findall(self.log.read_text(errors="replace"))
 
+    def manifest_gets(self, name: str) -> list[str]:
+        """The references (tags, digests) of `name` whose manifest was fetched so far."""
+        pattern = re.compile(rf'"GET /v2/{re.escape(name)}/manifests/([^ "]+) HTTP')
+        return pattern.findall(self.log.read_text(errors="replace"))
+
+    async def settled_manifest_gets(self, name: str) -> list[str]:
+        await self.settled_blob_gets(name)
+        return self.manifest_gets(name)
+
     async def settled_blob_gets(self, name: str) -> list[str]:
         """`blob_gets` once the log has caught up: a marker request made now is logged after
         every request already answered."""

@@ -2,8 +2,8 @@
 local registry (Debian's `docker-registry`) started by each test on loopback, an image the test
 builds and pushes with skopeo; layers pulled once each, also under 10 concurrent creates; a
 missing tag or name is a 404, an unreachable or silent registry a quick 502; corrupted blobs are
-refused; containers keep running from stored layers after a server crash with the registry
-gone."""
+refused; a stored tag is created from without the registry (a pull refreshes it); containers
+keep running from stored layers after a server crash with the registry gone."""
 
 from __future__ import annotations
 
@@ -88,6 +88,48 @@ async def test_container_from_registry_image(
     [img] = (await server.client.get("/images")).json()["images"]
     assert img["source"] == f"docker://{registry.host}/test/busy#v1"
     assert img["tags"] == ["v1"] and img["in_use"] == 3
+
+
+async def test_stored_tag_needs_no_registry_and_a_pull_refreshes_it(
+    server: Server, registry: Registry, tmp_path: Path
+) -> None:
+    c = server.client
+    await push_sample(registry, tmp_path, "test/busy")
+    uri = f"docker://{registry.host}/test/busy#v1"
+    first = await create(server, rootfs=uri)
+    asked = await registry.settled_manifest_gets("test/busy")
+    assert asked == ["v1"], asked
+    # The tag moves in the registry; creates keep using the stored image, asking nothing.
+    await push_sample(registry, tmp_path, "test/busy", marker="-2")
+    same = await create(server, rootfs=f"docker://{registry.host}/test/busy:v1")
+    assert await sh(server, same, "cat /data/new") == (0, "new\n")
+    assert await registry.settled_manifest_gets("test/busy") == asked
+    # The registry goes away: creates of the stored tag, however spelt, still work.
+    registry.stop()
+    for rootfs in [uri, "docker:///test/busy#v1", "docker:///test/busy:v1"]:
+        handle = await create(server, rootfs=rootfs)
+        assert await sh(server, handle, "cat /data/new") == (0, "new\n")
+    # A tag never pulled, and a pull, need the registry.
+    for method, path, rootfs in [
+        ("POST", "/containers", f"docker://{registry.host}/test/busy#v2"),
+        ("POST", "/images", uri),
+    ]:
+        r = await c.request(method, path, json={"rootfs": rootfs})
+        assert (r.status_code, r.json()["type"]) == (502, "RegistryError"), r.text
+    # Back up: a pull finds the tag moved and records it; creates then use the new image.
+    registry.start()
+    r = await c.post("/images", json={"rootfs": uri})
+    assert r.status_code == 200 and "error" not in r.text, r.text
+    newer = await create(server, rootfs=uri)
+    assert await sh(server, newer, "cat /data/new") == (0, "new-2\n")
+    assert await sh(server, first, "cat /data/new") == (0, "new\n")
+    tagged = await _events(server, "ImageTagged")
+    reference = f"{registry.host}/test/busy:v1"
+    assert [(e["reference"], bool(e["previous"])) for e in tagged] == [
+        (reference, False),
+        (reference, True),
+    ]
+    assert tagged[1]["previous"] == tagged[0]["digest"] != tagged[1]["digest"]
 
 
 async def test_concurrent_creates_pull_each_layer_once(
@@ -220,9 +262,13 @@ def test_containers_outlive_server_and_registry(
         lines = [json.loads(line) for line in r.text.splitlines() if line]
         assert [x["data"] for x in lines if x.get("source") == "stdout"] == ["new\n"]
         assert lines[-1]["exit_status"] == 0
-        # A new create asks the registry for the tag (it may have moved): 502 while it is down.
-        r = c.post("/containers", json={"rootfs": uri})
+        # A new create of the stored tag uses the stored image: the registry is not needed.
+        r = c.post("/containers", json={"handle": "again", "rootfs": uri})
+        assert r.status_code == 200, r.text
+        # A pull asks the registry: 502 while it is down.
+        r = c.post("/images", json={"rootfs": uri})
         assert (r.status_code, r.json()["type"]) == (502, "RegistryError"), r.text
         assert c.delete("/containers/pulled").status_code == 200
+        assert c.delete("/containers/again").status_code == 200
     sp.kill(signal.SIGTERM)
     assert leftovers(sp.config) == []
