@@ -71,6 +71,8 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     docker_registry: str = DEFAULT_DOCKER_REGISTRY
     insecure_docker_registries: tuple[str, ...] = ()
     registry_timeout: float = 30.0
+    # A Docker config.json whose `auths` give the server's registry credentials ("" for none).
+    registry_auth_file: str = ""
     # Free heap pages are given back to the kernel every this many seconds (0: never), so RSS
     # follows what is in use (garden/malloc.py).
     malloc_trim_every: float = 30.0
@@ -136,6 +138,13 @@ def validate(config: ServerConfig) -> ServerConfig:
             raise ConfigError(f"--docker-registry/--insecure-docker-registry: bad {registry!r}")
     if not 0 < config.registry_timeout <= 3600:
         raise ConfigError("--registry-timeout: must be > 0 and <= 3600 seconds")
+    if config.registry_auth_file:
+        from garden.linux.images.auth import AuthFileError, RegistryAuth
+
+        try:
+            RegistryAuth(config.registry_auth_file)
+        except AuthFileError as e:
+            raise ConfigError(f"--registry-auth-file: {e}") from e
     if config.malloc_trim_every < 0:
         raise ConfigError("--malloc-trim-every: must be >= 0 (0 means never)")
     return config

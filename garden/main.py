@@ -19,7 +19,7 @@ from hypercorn.config import Config as HypercornConfig
 from garden import __version__, bounds
 from garden.actors.ports import ContainerFiles, ContainerKernel, Networker, ProcessKernel
 from garden.actors.supervisor import Supervisor
-from garden.config import MONITOR_SOCKET_ROOT, ServerConfig, group_id
+from garden.config import MONITOR_SOCKET_ROOT, ConfigError, ServerConfig, group_id
 from garden.errors import CgroupError
 from garden.events.journal import Journal
 from garden.events.schema import ServerStarted
@@ -33,6 +33,7 @@ from garden.http.tuning import tune_for_streaming
 from garden.linux.cgroups import detect
 from garden.linux.containers import LinuxContainers
 from garden.linux.files import LinuxFiles
+from garden.linux.images.auth import AuthFileError, RegistryAuth
 from garden.linux.images.registry import Registries, RegistryOptions
 from garden.linux.images.store import LayerStore
 from garden.linux.keys import ensure_key_quota
@@ -74,12 +75,17 @@ async def build_kernel(config: ServerConfig, *, trash: Trash | None = None) -> L
 
 
 def registries_of(config: ServerConfig) -> Registries:
+    try:
+        auth = RegistryAuth(config.registry_auth_file)
+    except AuthFileError as e:
+        raise ConfigError(f"--registry-auth-file: {e}") from e
     return Registries(
         RegistryOptions(
             default=config.docker_registry,
             insecure=config.insecure_docker_registries,
             timeout=config.registry_timeout,
-        )
+        ),
+        auth=auth,
     )
 
 

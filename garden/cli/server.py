@@ -134,6 +134,12 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
         help="a registry's time to connect, and then to answer each read",
     )
     p.add_argument(
+        "--registry-auth-file",
+        default=d.registry_auth_file,
+        metavar="PATH",
+        help="a Docker config.json whose auths give registry credentials (re-read when changed)",
+    )
+    p.add_argument(
         "--malloc-trim-every",
         type=float,
         default=d.malloc_trim_every,

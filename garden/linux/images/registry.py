@@ -1,8 +1,9 @@
 """Pulling images from a registry (the Docker Registry HTTP API V2, which the OCI distribution
 spec standardises): the manifest of a tag or digest (the `linux/<arch>` one when it is an
 index), the image's config, and a stream of each layer blob; an anonymous bearer token when the
-registry asks for one (Docker Hub does). docs/adr/registry-client.md says why this is a small
-client of our own and not `skopeo copy`.
+registry asks for one (Docker Hub does), with the server's credentials for the registry
+(`auth.py`) when it has some, or basic auth when the registry asks for that.
+docs/adr/registry-client.md says why this is a small client of our own and not `skopeo copy`.
 
 Blocking (httpx's sync client): call it from worker threads, as the store does. Every request
 has bounded timeouts, so an unreachable or silent registry is an error, never a hang. Errors:
@@ -28,6 +29,7 @@ import msgspec
 from garden.errors import GardenError, ImageNotFoundError, InvalidImageError, RegistryError
 from garden.images.model import ImageManifest, LayerRef
 from garden.images.uri import ImageSource
+from garden.linux.images.auth import RegistryAuth
 from garden.linux.images.formats import (
     DIGEST_RE,
     config_digest,
@@ -72,11 +74,16 @@ class Registries:
     """The registries this server pulls from. `transport` replaces the network in tests."""
 
     def __init__(
-        self, options: RegistryOptions | None = None, transport: httpx.BaseTransport | None = None
+        self,
+        options: RegistryOptions | None = None,
+        transport: httpx.BaseTransport | None = None,
+        auth: RegistryAuth | None = None,
     ) -> None:
         self.options = options or RegistryOptions()
         self.transport = transport
+        self.auth = auth or RegistryAuth()
         self._tokens: dict[tuple[str, str], str] = {}
+        self._basic: set[str] = set()  # registries that asked for basic auth
         self._configs: dict[str, Any] = {}  # by digest: content-addressed, never stale
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
@@ -181,19 +188,45 @@ class Registries:
         with _translated(ref.registry, where):
             for attempt in range(2):
                 sent = dict(headers or {})
-                token = self._tokens.get((ref.registry, ref.name))
-                if token:
-                    sent["Authorization"] = f"Bearer {token}"
+                authorization = self._authorization(ref)
+                if authorization:
+                    sent["Authorization"] = authorization
                 with client.stream("GET", url, headers=sent) as r:
                     challenge = r.headers.get("WWW-Authenticate", "")
-                    if r.status_code == 401 and attempt == 0 and challenge.startswith("Bearer "):
+                    scheme = challenge.partition(" ")[0].lower()
+                    if r.status_code == 401 and attempt == 0 and scheme == "bearer":
                         r.close()
                         self._fetch_token(client, ref, challenge, where)
                         continue
+                    if (
+                        r.status_code == 401
+                        and attempt == 0
+                        and scheme == "basic"
+                        and self.auth.basic(ref.registry)
+                    ):
+                        r.close()
+                        with self._lock:
+                            self._basic.add(ref.registry)
+                        continue
                     if r.status_code >= 400:
-                        raise _answer_error(r, ref.registry, where)
+                        raise _answer_error(r, ref.registry, where, hint=self._hint(r, ref))
                     yield r
                     return
+
+    def _authorization(self, ref: Reference) -> str | None:
+        token = self._tokens.get((ref.registry, ref.name))
+        if token:
+            return f"Bearer {token}"
+        if ref.registry in self._basic:
+            return self.auth.basic(ref.registry)
+        return None
+
+    def _hint(self, r: httpx.Response, ref: Reference) -> str:
+        if r.status_code not in (401, 403):
+            return ""
+        if self.auth.credentials(ref.registry) is None:
+            return f" (no credentials for {ref.registry} in --registry-auth-file)"
+        return f" (with the credentials for {ref.registry} of --registry-auth-file)"
 
     def _fetch_token(
         self, client: httpx.Client, ref: Reference, challenge: str, where: str
@@ -203,9 +236,11 @@ class Registries:
         if not realm.startswith(("https://", "http://")):
             raise RegistryError(f"{where}: registry {ref.registry} asks for a token at {realm!r}")
         params.setdefault("scope", f"repository:{ref.name}:pull")
-        with client.stream("GET", realm, params=params) as r:
+        basic = self.auth.basic(ref.registry)
+        headers = {"Authorization": basic} if basic else {}
+        with client.stream("GET", realm, params=params, headers=headers) as r:
             if r.status_code >= 400:
-                raise _answer_error(r, ref.registry, where, what="token ")
+                raise _answer_error(r, ref.registry, where, what="token ", hint=self._hint(r, ref))
             body = _json(_read_limited(r, where), where, "token answer")
         token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
@@ -262,7 +297,9 @@ def _translated(registry: str, where: str) -> Iterator[None]:
         raise RegistryError(f"{where}: registry {registry} unreachable: {e}{hint}") from e
 
 
-def _answer_error(r: httpx.Response, registry: str, where: str, what: str = "") -> GardenError:
+def _answer_error(
+    r: httpx.Response, registry: str, where: str, what: str = "", hint: str = ""
+) -> GardenError:
     """The registry's error answer (`{"errors": [{"code", "message"}]}`, read up to 64 KiB)
     in our terms."""
     content = b""
@@ -277,7 +314,7 @@ def _answer_error(r: httpx.Response, registry: str, where: str, what: str = "") 
         said = "; ".join(f"{x.get('code', '')}: {x.get('message', '')}" for x in errors) or said
     except (ValueError, AttributeError):
         pass
-    message = f"{where}: registry {registry} answered {what}{r.status_code}: {said}"
+    message = f"{where}: registry {registry} answered {what}{r.status_code}: {said}{hint}"
     if r.status_code == 404:
         return ImageNotFoundError(message)
     return RegistryError(message)
