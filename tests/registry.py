@@ -22,6 +22,21 @@ def missing_tool() -> str:
     return next((t for t in TOOLS if shutil.which(t) is None), "")
 
 
+def bcrypt(password: str) -> str:
+    """A bcrypt hash (the only kind docker-registry's htpasswd takes), by the C library's crypt;
+    cost 4, as a test needs no more."""
+    import ctypes
+    import ctypes.util
+
+    lib = ctypes.CDLL(ctypes.util.find_library("crypt") or "libcrypt.so.1")
+    lib.crypt.restype = ctypes.c_char_p
+    lib.crypt_gensalt.restype = ctypes.c_char_p
+    salt = lib.crypt_gensalt(b"$2b$", 4, None, 0)
+    hashed = lib.crypt(password.encode(), salt)
+    assert hashed and hashed.startswith(b"$2b$"), hashed
+    return str(hashed.decode())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -31,20 +46,27 @@ def free_port() -> int:
 class Registry:
     """A `docker-registry` on 127.0.0.1, its storage and its log in a temp dir."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, login: tuple[str, str] | None = None) -> None:
+        """`login`: (user, password) the registry demands (htpasswd basic auth)."""
         self.root = root
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.log = root / "registry.log"
+        self.login = login
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         config = self.root / "config.yml"
+        auth = ""
+        if self.login is not None:
+            htpasswd = self.root / "htpasswd"
+            htpasswd.write_text(f"{self.login[0]}:{bcrypt(self.login[1])}\n")
+            auth = f"auth:\n  htpasswd:\n    realm: garden-tests\n    path: {htpasswd}\n"
         config.write_text(
             "version: 0.1\n"
             "log:\n  level: info\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
-            f"http:\n  addr: {self.host}\n  secret: garden-trio-tests\n"
+            f"http:\n  addr: {self.host}\n  secret: garden-trio-tests\n" + auth
         )
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -56,7 +78,7 @@ class Registry:
         with httpx.Client(base_url=f"http://{self.host}") as c:
             for _ in range(400):
                 try:
-                    if c.get("/v2/").status_code == 200:
+                    if c.get("/v2/").status_code in (200, 401):
                         return
                 except httpx.TransportError:
                     pass
@@ -77,10 +99,11 @@ class Registry:
 
     async def push(self, layout: Path, tag: str, name: str, ref: str) -> None:
         """Push the layout's image `tag` as `name:ref` (skopeo, plain http)."""
+        creds = [f"--dest-creds={self.login[0]}:{self.login[1]}"] if self.login else []
         await trio.run_process(
             [
                 "skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
-                f"oci:{layout}:{tag}", f"docker://{self.host}/{name}:{ref}",
+                *creds, f"oci:{layout}:{tag}", f"docker://{self.host}/{name}:{ref}",
             ],
             capture_stdout=True,
             capture_stderr=True,
@@ -89,7 +112,9 @@ class Registry:
     def layers(self, name: str, ref: str) -> list[str]:
         """The layer blob digests of `name:ref`, from the registry's manifest."""
         accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-        r = httpx.get(f"http://{self.host}/v2/{name}/manifests/{ref}", headers=accept)
+        r = httpx.get(
+            f"http://{self.host}/v2/{name}/manifests/{ref}", headers=accept, auth=self.login
+        )
         return [layer["digest"] for layer in r.json()["layers"]]
 
     def blob_gets(self, name: str) -> list[str]:
@@ -110,7 +135,7 @@ class Registry:
         """`blob_gets` once the log has caught up: a marker request made now is logged after
         every request already answered."""
         marker = f"/v2/?marker={time.monotonic_ns()}"
-        async with httpx.AsyncClient(base_url=f"http://{self.host}") as c:
+        async with httpx.AsyncClient(base_url=f"http://{self.host}", auth=self.login) as c:
             assert (await c.get(marker)).status_code == 200
         with trio.fail_after(10):
             while marker not in self.log.read_text(errors="replace"):
