@@ -155,9 +155,12 @@ def write_oci_layout(
             media = "application/vnd.oci.image.layer.v1.tar"
         elif compress == "gzip":
             tmp = blobs / ".gzip-tmp"
-            with open(path, "rb") as src, open(tmp, "wb") as raw:
-                with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz:
-                    shutil.copyfileobj(src, gz, 1 << 20)
+            with (
+                open(path, "rb") as src,
+                open(tmp, "wb") as raw,
+                gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1, mtime=0) as gz,
+            ):
+                shutil.copyfileobj(src, gz, 1 << 20)
             digest = _file_digest(tmp)
             os.replace(tmp, blobs / digest[7:])
             media = "application/vnd.oci.image.layer.v1.tar+gzip"
