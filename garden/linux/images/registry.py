@@ -21,9 +21,8 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple, final
+from typing import TYPE_CHECKING, Any, NamedTuple, final
 
-import httpx
 import msgspec
 
 from garden.errors import GardenError, ImageNotFoundError, InvalidImageError, RegistryError
@@ -37,6 +36,9 @@ from garden.linux.images.formats import (
     is_index,
     platform_manifest,
 )
+
+if TYPE_CHECKING:  # httpx is imported on the first pull: 0.1 s of every server start
+    import httpx
 
 DOCKER_HUB = "registry-1.docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", DOCKER_HUB}
@@ -91,6 +93,8 @@ class Registries:
     def client(self) -> httpx.Client:
         """One client for every pull (its pool is thread-safe): making one loads the CA
         bundle, which costs about 100 ms here, so not once per request."""
+        import httpx
+
         with self._lock:
             if self._client is None:
                 t = self.options.timeout
@@ -284,6 +288,8 @@ class BlobStream:
 @contextmanager
 def _translated(registry: str, where: str) -> Iterator[None]:
     """httpx's failures as `RegistryError`s that say which registry and what happened."""
+    import httpx
+
     try:
         yield
     except GardenError:
