@@ -49,6 +49,17 @@ def op_property(c: httpx.Client) -> None:
     c.put("/containers/victim/properties/k", json={"value": "v"})
 
 
+def op_property_delete(c: httpx.Client) -> None:
+    assert create(c, "victim").status_code == 200
+    assert c.put("/containers/victim/properties/k", json={"value": "v"}).status_code == 200
+    c.delete("/containers/victim/properties/k")
+
+
+def op_grace_time(c: httpx.Client) -> None:
+    assert create(c, "victim").status_code == 200
+    c.put("/containers/victim/grace_time", json={"grace_time": 3600})
+
+
 def op_run(c: httpx.Client) -> None:
     assert create(c, "victim").status_code == 200
     run_true(c, "victim", "proc")
@@ -72,6 +83,8 @@ CASES: list[tuple[str, Callable[[httpx.Client], None], bool]] = [
     ("destroy:after-trash", op_destroy, False),
     ("record:ContainerDestroyed", op_destroy, False),
     ("record:PropertySet", op_property, True),
+    ("record:PropertyDeleted", op_property_delete, True),
+    ("record:GraceTimeSet", op_grace_time, True),
     ("process:after-spawn", op_run, True),
     ("record:ProcessStarted", op_run, True),
     ("record:ProcessExited", op_run, True),
@@ -104,6 +117,10 @@ def test_crash_at(
                 assert run_true(c, handle)[-1]["exit_status"] == 0
         if point == "record:PropertySet":
             assert c.get("/containers/victim/properties/k").json() == {"value": "v"}
+        if point == "record:PropertyDeleted":
+            assert c.get("/containers/victim/properties/k").status_code == 404
+        if point == "record:GraceTimeSet":
+            assert c.get("/containers/victim/info").json()["grace_time"] == 3600
         if point in ("record:ProcessStarted", "record:ProcessExited"):
             with c.stream("GET", "/containers/victim/processes/proc") as r:
                 payloads = [json.loads(line) for line in r.iter_lines() if line]
