@@ -99,9 +99,10 @@ async def spawn(
     binary `runtime` whose state dir is `runtime_root`; return once it runs (or has run).
 
     `process_dir` must not exist yet (its parents are created); a failed spawn removes it
-    again. A TTY comes from `process["terminal"]`. `log_format` "passthrough" (ignored for a
-    TTY, which conmon refuses there) gives the process the files `stdout` and `stderr` of
-    `process_dir` as its fds 1 and 2 (opened here, O_APPEND): conmon copies nothing.
+    again. A TTY comes from `process["terminal"]`. `log_format` "passthrough" gives the
+    process the files `stdout` and `stderr` of `process_dir` as its fds 1 and 2 (opened here,
+    O_APPEND): conmon copies nothing. It is ignored for a TTY (conmon refuses it) and with
+    `stdin` (conmon then forwards no stdin: the process gets conmon's own, /dev/null).
     `before_start(process_dir)` runs once the dir and those files exist, before conmon does
     (to watch them from the first byte); if it raises, nothing is started.
     Shielded from cancellation while conmon starts (bounded by 60 s); a caller cancelled
@@ -113,7 +114,9 @@ async def spawn(
     if len(os.fsencode(link / "attach")) > _SUN_PATH_MAX:
         raise KernelError("conmon socket dir", f"{socket_dir} is too long for a unix socket path")
     tty = bool(process.get("terminal"))
-    if tty:
+    if tty or stdin:
+        # conmon's passthrough hands the process conmon's own stdin (/dev/null here) and makes
+        # no attach socket: a process that reads stdin or has a terminal keeps k8s-file.
         log_format = "k8s-file"
     _prepare_dirs(pdir, Path(socket_dir), process, passthrough=log_format == "passthrough")
     if before_start is not None:
