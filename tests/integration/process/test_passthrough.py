@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,61 +16,12 @@ import trio
 from garden.linux import monitor, output
 from garden.linux.passthrough import OrderIndex
 from garden.linux.plan import SpawnedProcess
-from tests.integration.process.conftest import RUNC, Container
-from tests.integration.process.helpers import process_json
+from tests.integration.process.conftest import Container
+from tests.integration.process.helpers import passthrough
 
 pytestmark = pytest.mark.root
 
 MiB = 1 << 20
-
-
-class Indexed:
-    """A passthrough process and the index the server would keep of it."""
-
-    def __init__(self, watcher: output.LogWatcher, cap: int, pin: bool) -> None:
-        self.watcher, self.cap, self.pin = watcher, cap, pin
-        self.index: OrderIndex | None = None
-        self.wd = -1
-
-    def start(self, pdir: Path) -> None:
-        self.index = OrderIndex(pdir, cap=self.cap, pin=self.pin)
-        self.wd = self.watcher.add_index(self.index)
-
-    def stop(self) -> None:
-        """What a server crash does to the index: it stops being kept."""
-        if self.index is not None:
-            self.watcher.remove_index(self.wd)
-            self.index.close()
-            self.index = None
-
-
-@contextlib.asynccontextmanager
-async def passthrough(
-    ctr: Container,
-    watcher: output.LogWatcher,
-    script: str,
-    *,
-    cap: int = 16 * MiB,
-    pin: bool = False,
-) -> AsyncIterator[tuple[SpawnedProcess, Indexed]]:
-    indexed = Indexed(watcher, cap, pin)
-    facts = await monitor.spawn(
-        runtime=RUNC,
-        runtime_root=ctr.runtime_root,
-        container_id=ctr.id,
-        process_dir=ctr.processes / uuid.uuid4().hex,
-        process=process_json(ctr, "sh", "-c", script),
-        socket_dir=ctr.socket_dir,
-        log_format="passthrough",
-        before_start=indexed.start,
-    )
-    try:
-        assert facts.log_format == "passthrough"
-        yield facts, indexed
-    finally:
-        indexed.stop()
-        await monitor.cleanup(facts)
-    assert not Path(facts.process_dir).exists()
 
 
 async def read_all(
@@ -195,10 +145,9 @@ async def test_cap_frees_the_front_and_attach_replays_the_tail(
     cap = 1 * MiB
     lines = 3_000_000  # ~21 MB of stdout
     full = _expected_seq(lines)
-    async with passthrough(container, watcher, f"seq 1 {lines}; echo end >&2", cap=cap) as (
-        facts,
-        indexed,
-    ):
+    script = f"seq 1 {lines}; echo end >&2"
+    # Not pinned: no reader comes, the index frees the front while the process writes.
+    async with passthrough(container, watcher, script, cap=cap, pin=False) as (facts, indexed):
         assert indexed.index is not None
         assert await monitor.wait_exit(facts) == 0
         index = indexed.index
@@ -222,10 +171,8 @@ async def test_a_slow_reader_holds_the_front(
     cap = 1 * MiB
     lines = 3_000_000
     full = _expected_seq(lines)
-    async with passthrough(container, watcher, f"seq 1 {lines}", cap=cap, pin=True) as (
-        facts,
-        indexed,
-    ):
+    script = f"seq 1 {lines}"
+    async with passthrough(container, watcher, script, cap=cap) as (facts, indexed):
         assert indexed.index is not None
         index = indexed.index
         follow = watcher.follow_passthrough(index, facts.exit_path, replay_bytes=None)
