@@ -20,7 +20,8 @@ and in order; the index only orders the streams against each other.
   front of a file that is more than `max_bytes` plus `_PUNCH_SLACK` long with
   `fallocate(PUNCH_HOLE)` (the size stays, the blocks go), never past what a reader still
   has to read (a slow reader holds disk, it never loses bytes), and the front of the index
-  likewise once most of it describes freed bytes. While no server runs nothing is freed.
+  likewise once most of it describes freed bytes. While no server runs nothing is freed;
+  loading the index (a restart) and `finish()` free what grew meanwhile.
 - `follow(...)` (on `LogWatcher`): segments from a start point, live, until `finish()`.
 
 Everything here is synchronous and short (fstat, pread of at most `_READ_SIZE`, one small
@@ -157,6 +158,8 @@ class OrderIndex:
         # Output written while no server indexed it: the stream that was open first.
         last = self.segments[-1].source if self.segments else "stderr"
         self._close_gap(_OTHER[last])
+        for source in SOURCES:  # what grew past the cap while no server ran
+            self._free(source)
 
     def _close_gap(self, first: Source) -> None:
         for source in (first, _OTHER[first]):
@@ -188,6 +191,8 @@ class OrderIndex:
         self._close_gap(self.current or "stdout")
         self.current = None
         self.finished = True
+        for source in SOURCES:
+            self._free(source)
 
     # -- readers, the cap --------------------------------------------------------------------
 
