@@ -364,7 +364,8 @@ class LogWatcher:
     ) -> AsyncGenerator[Chunk, None]:
         """The output of a passthrough process in its index's order, from the start (or its
         last `replay_bytes`), live, until the process has exited (`exit_path` exists) and
-        everything is read. `Chunk.offset` is the offset in its stream's file after it."""
+        everything is read (or its directory is gone: destroyed). `Chunk.offset` is the offset
+        in its stream's file after it."""
         exit_path = Path(exit_path)
         wds: list[int] = []
         reader = index.reader(replay_bytes)
@@ -376,7 +377,7 @@ class LogWatcher:
                 if segment is None:
                     if index.finished:
                         break
-                    if exit_path.exists():
+                    if _gone(exit_path):
                         index.finish()
                     else:
                         await self._wait_change(wds, seen)
@@ -393,7 +394,7 @@ class LogWatcher:
                     reader.seq += 1
                     reader.pos = 0
                     reader.low[source] = segment.end
-                elif exit_path.exists():
+                elif _gone(exit_path):
                     index.finish()  # the open segment is closed, the rest put in
                 else:
                     await self._wait_change(wds, seen)
@@ -401,6 +402,11 @@ class LogWatcher:
             index.release(reader)
             for wd in wds:
                 self._remove(wd)
+
+
+def _gone(exit_path: Path) -> bool:
+    """The process has exited (its exit file exists) or its directory was removed."""
+    return exit_path.exists() or not exit_path.parent.exists()
 
 
 def _open_if_exists(path: Path) -> int:
