@@ -31,8 +31,10 @@ follower made (files only grow), so a follower never reads past the end of a seg
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import logging
 import os
 import time
 from collections import deque
@@ -49,6 +51,8 @@ ORDER = "order"
 _FD: dict[Source, int] = {"stdout": 1, "stderr": 2}
 _BY_FD: dict[bytes, Source] = {b"1": "stdout", b"2": "stderr"}
 _OTHER: dict[Source, Source] = {"stdout": "stderr", "stderr": "stdout"}
+
+log = logging.getLogger("garden.linux")
 
 DEFAULT_CAP = PROCESS_OUTPUT_CAP  # API.md: the per-process cap of kept output
 _PUNCH_SLACK = 8 << 20  # free the front in steps of at least this much
@@ -108,6 +112,7 @@ class OrderIndex:
         self.readers: set[Reader] = set()
         self.pinned_until = time.monotonic() + _PIN_SECONDS if pin else 0.0
         self.freed: dict[Source, int] = {"stdout": 0, "stderr": 0}
+        self.write_failed = False  # an append to the index file failed (it misses segments)
         self._line_ends: deque[int] = deque()  # index file offset after each kept segment
         self._order_freed = 0
         self._fds: dict[Source, int] = {}
@@ -171,8 +176,16 @@ class OrderIndex:
         segment = Segment(source, self.ends[source], end)
         self.ends[source] = end
         line = f"{_FD[source]} {segment.start} {segment.end}\n".encode()
-        os.write(self._order_fd, line)
-        self._line_ends.append(os.lseek(self._order_fd, 0, os.SEEK_CUR))  # O_APPEND: the end
+        try:
+            os.write(self._order_fd, line)
+            self._line_ends.append(os.lseek(self._order_fd, 0, os.SEEK_CUR))  # O_APPEND: end
+        except OSError as e:
+            # The disk is full (or worse): the segment is kept in memory; after a restart the
+            # file's gap is read as "one stream, then the other". Order, never bytes, is lost.
+            self._line_ends.append(self._line_ends[-1] if self._line_ends else 0)
+            if not self.write_failed:
+                log.warning("order-index-write-failed dir=%s error=%s", self.dir, e)
+            self.write_failed = True
         self.segments.append(segment)
 
     def on_write(self, source: Source) -> None:
@@ -260,7 +273,11 @@ class OrderIndex:
         limit -= limit % _PUNCH_ALIGN
         if limit - self.freed[source] < _PUNCH_SLACK:
             return
-        punch_hole(self._fds[source], limit)
+        try:
+            punch_hole(self._fds[source], limit)
+        except KernelError as e:  # the bytes stay: disk, not loss
+            log.warning("output-free-failed dir=%s error=%s", self.dir, e)
+            return
         self.freed[source] = limit
         self._drop_freed()
 
@@ -277,7 +294,8 @@ class OrderIndex:
             self.first += 1
             dead = self._line_ends.popleft()
             if dead - self._order_freed >= _ORDER_SLACK:
-                punch_hole(self._order_fd, dead - dead % 4096)
+                with contextlib.suppress(KernelError):  # a longer index file: disk, not loss
+                    punch_hole(self._order_fd, dead - dead % 4096)
                 self._order_freed = dead - dead % 4096
 
     def close(self) -> None:

@@ -79,3 +79,21 @@ def test_a_punched_index_front_still_loads(tmp_path: Path) -> None:
     assert segments(index) == [("stdout", 100, 200), ("stderr", 0, 5)]
     index.close()
     assert os.path.getsize(d / "order") == 8192 + 16
+
+
+def test_a_failed_index_write_loses_order_only_never_bytes(tmp_path: Path) -> None:
+    d = make(tmp_path)
+    index = OrderIndex(d)
+    os.close(index._order_fd)
+    index._order_fd = os.open(d / "stdout", os.O_RDONLY)  # every write fails: EBADF
+    write(d, "stdout", b"o")
+    index.on_write("stdout")
+    write(d, "stderr", b"e")
+    index.on_write("stderr")  # must not raise: the watcher's task would die with it
+    index.finish()
+    assert index.write_failed
+    assert segments(index) == [("stdout", 0, 1), ("stderr", 0, 1)]
+    index.close()
+    again = OrderIndex(d)  # after a restart: the gap rule, every byte still there
+    assert sorted(segments(again)) == [("stderr", 0, 1), ("stdout", 0, 1)]
+    again.close()
