@@ -10,6 +10,7 @@ event log, so a process started before a server crash is found again after it.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -19,12 +20,14 @@ from typing import final
 import trio
 
 from garden.api import ProcessSpec
-from garden.errors import ProcessIdInUseError
+from garden.errors import KernelError, ProcessIdInUseError
 from garden.linux import monitor, output, passthrough, process_spec
 from garden.linux.oci import caps_from_mask
 from garden.linux.plan import ContainerPlan, SpawnedProcess, Started
 from garden.linux.proc import capability_bounding_mask
 from garden.linux.runtime import Runtime
+
+log = logging.getLogger("garden.linux")
 
 
 @final
@@ -122,7 +125,10 @@ class LinuxProcesses:
         writing one. A passthrough process's order index is kept meanwhile (and loaded again
         after a restart of the server) and finished once it has exited."""
         if facts.log_format == "passthrough":
-            self._acquire(facts.process_dir, running=True)
+            try:
+                self._acquire(facts.process_dir, running=True)
+            except KernelError as e:  # its exit still counts: without an index, order degrades
+                log.warning("order-index-failed dir=%s error=%s", facts.process_dir, e)
         try:
             return await monitor.wait_exit(facts)
         except monitor.MonitorLostError:
@@ -138,7 +144,10 @@ class LinuxProcesses:
     ) -> passthrough.OrderIndex:
         entry = self._indexes.get(process_dir)
         if entry is None:
-            index = passthrough.OrderIndex(process_dir, cap=self.output_cap, pin=pin)
+            try:
+                index = passthrough.OrderIndex(process_dir, cap=self.output_cap, pin=pin)
+            except OSError as e:
+                raise KernelError(f"open the output of {process_dir}", e) from e
             try:
                 entry = _Indexed(index, self.watcher.add_index(index))
             except BaseException:
