@@ -63,6 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", default="", help="comma-separated benchmark keys (prefixes): create_destroy, "
         "run_true, run_echo, stdout, concurrent, files, info_rps, fleet, restart",
     )  # fmt: skip
+    p.add_argument(
+        "--server-arg", action="append", default=[], metavar="ARG",
+        help="a flag for our server (repeatable), e.g. --server-arg=--process-output=k8s-file",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where results are written")
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--keep", action="store_true", help="keep the work dir (logs) afterwards")
@@ -153,12 +157,17 @@ async def _direct_engine(
 
 
 async def _open_engines(
-    stack: AsyncExitStack, wanted: list[str], work: Path, tag: str, results: Results
+    stack: AsyncExitStack,
+    wanted: list[str],
+    work: Path,
+    tag: str,
+    results: Results,
+    server_args: tuple[str, ...] = (),
 ) -> tuple[GardenServer, OursEngine, dict[str, Engine], dict[str, str]]:
     from garden.config import DEFAULT_ROOTFS, DEFAULT_UID_BASE
     from garden.linux.rootfs import prepare_lower
 
-    server = GardenServer(work / "garden", tag)
+    server = GardenServer(work / "garden", tag, extra_args=server_args)
     stack.push_async_callback(_shutdown_server, server, results)
     await server.start()
     ours = OursEngine(server, garden_version())
@@ -292,7 +301,11 @@ async def run(args: argparse.Namespace) -> Results:
     started = time.perf_counter()
     try:
         async with AsyncExitStack() as stack:
-            server, ours, engines, skipped = await _open_engines(stack, wanted, work, tag, results)
+            server, ours, engines, skipped = await _open_engines(
+                stack, wanted, work, tag, results, tuple(args.server_arg)
+            )
+            if args.server_arg:
+                results.notes.append(f"our server ran with {' '.join(args.server_arg)}")
             await ours.probe_network()
             results.engines = {n: e.version for n, e in engines.items()}
             results.engines.update({n: f"not measured: {why}" for n, why in skipped.items()})

@@ -44,6 +44,9 @@ MAX_BIND_MOUNTS: Final = 64
 MAX_NET_IN: Final = 256  # port mappings of one container
 MAX_NET_OUT: Final = 1024  # net-out rules of one container
 MAX_PROCESSES: Final = 1024  # processes running at once in one container
+# Output of one process kept for attach (API.md: oldest dropped first); for passthrough
+# processes also what stays on disk of each stream while the server runs (docs/processes.md).
+PROCESS_OUTPUT_CAP: Final = 16 << 20
 MAX_PATH: Final = 4096  # a path (PATH_MAX) in a process spec, a bind mount or a file route
 
 

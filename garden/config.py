@@ -51,6 +51,10 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_containers: int = 1024
     default_rootfs: str = DEFAULT_ROOTFS
     runtime: Literal["auto", "runc", "crun"] = "auto"
+    # How new non-TTY processes keep their output (docs/processes.md#output): raw files the
+    # process writes itself plus an order index, or conmon's k8s-file log. TTYs and processes
+    # started before a change keep theirs.
+    process_output: Literal["passthrough", "k8s-file"] = "passthrough"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     # Prefix of every kernel resource this server makes (cgroup parent, later bridges, veths,

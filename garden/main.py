@@ -194,7 +194,10 @@ async def serve(
             watcher = await stack.enter_async_context(open_log_watcher())
             kernel = real
             processes = LinuxProcesses(
-                runtime=real.runtime, socket_dir=socket_dir(config), watcher=watcher
+                runtime=real.runtime,
+                socket_dir=socket_dir(config),
+                watcher=watcher,
+                log_format=config.process_output,
             )
             processes.sweep_socket_dir()
         if networker is None:

@@ -88,6 +88,13 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
     p.add_argument("--max-containers", type=int, default=d.max_containers, metavar="N")
     p.add_argument("--default-rootfs", default=DEFAULT_ROOTFS, metavar="DIR")
     p.add_argument("--runtime", choices=["auto", "crun", "runc"], default=d.runtime)
+    p.add_argument(
+        "--process-output",
+        choices=["passthrough", "k8s-file"],
+        default=d.process_output,
+        help="how new non-TTY processes keep their output: raw files (passthrough) or "
+        "conmon's k8s-file log (docs/processes.md)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     p.add_argument(
         "--log-format",

@@ -16,10 +16,11 @@ from pybase64 import b64encode
 
 from garden.actors.processes import LiveProcess
 from garden.actors.supervisor import Supervisor
+from garden.bounds import PROCESS_OUTPUT_CAP
 from garden.errors import InvalidRequestError
 
 # Attach replays at most this much of what a process wrote before it follows live output.
-ATTACH_REPLAY_BYTES = 16 * 1024 * 1024
+ATTACH_REPLAY_BYTES = PROCESS_OUTPUT_CAP
 
 Encoding = Literal["utf-8", "base64"]
 

@@ -8,7 +8,10 @@ or the Python objects that spawned the process.
 Per-process directory (`process_dir`, conmon's `-b`; the caller picks it, e.g.
 `<container_path>/processes/<id>`):
     process.json  the OCI process object (see `process_spec`)
-    log           conmon's k8s-file log of stdout/stderr (read it with `garden.linux.output`)
+    log           conmon's k8s-file log of stdout/stderr (read it with `garden.linux.output`);
+                  or, with `log_format="passthrough"`, `stdout` and `stderr`: the process's
+                  exact bytes, written by the process itself (read them and the server's
+                  `order` index with `garden.linux.passthrough`)
     exit/<cid>    the exit status, written (temp file + rename) once the process has exited and
                   the log is complete; 128+signal for a process killed by a signal
     pid, conmon.pid, conmon.err (conmon's own stderr), and conmon's ctl/winsz FIFOs and
@@ -49,8 +52,9 @@ import shutil
 import signal as _signal
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import trio
 
@@ -70,6 +74,8 @@ _SPAWN_TIMEOUT = 60.0
 _CLEANUP_TIMEOUT = 10.0
 
 ProcessStatus = Literal["running", "exited", "lost"]
+LogFormat = Literal["k8s-file", "passthrough"]
+STDOUT, STDERR = "stdout", "stderr"  # a passthrough process's output files in its dir
 
 
 class MonitorLostError(KernelError):
@@ -86,12 +92,19 @@ async def spawn(
     socket_dir: str | Path,
     stdin: bool = False,
     conmon: str = "conmon",
+    log_format: LogFormat = "k8s-file",
+    before_start: Callable[[Path], object] | None = None,
 ) -> SpawnedProcess:
     """Start `process` (an OCI process object) in container `container_id` of the runtime
     binary `runtime` whose state dir is `runtime_root`; return once it runs (or has run).
 
     `process_dir` must not exist yet (its parents are created); a failed spawn removes it
-    again. A TTY comes from `process["terminal"]`.
+    again. A TTY comes from `process["terminal"]`. `log_format` "passthrough" gives the
+    process the files `stdout` and `stderr` of `process_dir` as its fds 1 and 2 (opened here,
+    O_APPEND): conmon copies nothing. It is ignored for a TTY (conmon refuses it) and with
+    `stdin` (conmon then forwards no stdin: the process gets conmon's own, /dev/null).
+    `before_start(process_dir)` runs once the dir and those files exist, before conmon does
+    (to watch them from the first byte); if it raises, nothing is started.
     Shielded from cancellation while conmon starts (bounded by 60 s); a caller cancelled
     meanwhile never gets the facts, so the process is killed and cleaned up before `Cancelled`
     propagates: a process runs only if its facts reached the caller.
@@ -100,14 +113,25 @@ async def spawn(
     link = Path(socket_dir) / secrets.token_hex(8)
     if len(os.fsencode(link / "attach")) > _SUN_PATH_MAX:
         raise KernelError("conmon socket dir", f"{socket_dir} is too long for a unix socket path")
-    _prepare_dirs(pdir, Path(socket_dir), process)
     tty = bool(process.get("terminal"))
+    if tty or stdin:
+        # conmon's passthrough hands the process conmon's own stdin (/dev/null here) and makes
+        # no attach socket: a process that reads stdin or has a terminal keeps k8s-file.
+        log_format = "k8s-file"
+    _prepare_dirs(pdir, Path(socket_dir), process, passthrough=log_format == "passthrough")
+    if before_start is not None:
+        try:
+            before_start(pdir)
+        except BaseException:
+            shutil.rmtree(pdir, ignore_errors=True)
+            raise
+    log = f"k8s-file:{pdir / 'log'}" if log_format == "k8s-file" else "passthrough"
     cmd = [
         conmon, "--api-version", "1",
         "-c", container_id, "-u", link.name, "-n", f"{container_id}-{link.name}",
         "-r", runtime, "--runtime-arg", "--root", "--runtime-arg", str(runtime_root),
         "-b", str(pdir), "-p", str(pdir / "pid"), "-P", str(pdir / "conmon.pid"),
-        "-l", f"k8s-file:{pdir / 'log'}", "--exit-dir", str(pdir / "exit"),
+        "-l", log, "--exit-dir", str(pdir / "exit"),
         "--socket-dir-path", str(socket_dir), "--log-level", "error", "--syslog",
         # No fsync of the log at exit: it stood between the process's exit and its exit file
         # (a 256 MiB log took seconds), and the log and the exit file are for a crash of the
@@ -121,7 +145,7 @@ async def spawn(
     with trio.CancelScope(shield=True) as scope:
         scope.deadline = trio.current_time() + _SPAWN_TIMEOUT
         try:
-            pid, conmon_pid = await _run_conmon(cmd, pdir)
+            pid, conmon_pid = await _run_conmon(cmd, pdir, passthrough=log_format == "passthrough")
         except BaseException:  # nothing may stay behind a failed spawn
             _kill_conmon_of(pdir)  # on timeout; after a failed exec conmon has gone already
             _remove_link(link, pdir)
@@ -139,6 +163,7 @@ async def spawn(
         conmon_start_time=pid_start_time(conmon_pid),
         tty=tty,
         stdin=stdin,
+        log_format=log_format,
     )
     try:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -148,10 +173,15 @@ async def spawn(
     return facts
 
 
-def _prepare_dirs(pdir: Path, socket_dir: Path, process: dict[str, Any]) -> None:
+def _prepare_dirs(
+    pdir: Path, socket_dir: Path, process: dict[str, Any], *, passthrough: bool
+) -> None:
     socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (pdir / "exit").mkdir(parents=True)
     (pdir / "process.json").write_text(json.dumps(process))
+    if passthrough:
+        for name in (STDOUT, STDERR):
+            os.close(os.open(pdir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
 
 
 def kill_unrecorded(pdir: Path) -> None:
@@ -184,16 +214,25 @@ def _kill_conmon_of(pdir: Path) -> None:
             os.close(fd)
 
 
-async def _run_conmon(cmd: list[str], pdir: Path) -> tuple[int, int]:
-    """Run conmon's start/sync pipe protocol; return (process pid, conmon pid)."""
+async def _run_conmon(cmd: list[str], pdir: Path, *, passthrough: bool) -> tuple[int, int]:
+    """Run conmon's start/sync pipe protocol; return (process pid, conmon pid).
+
+    With `passthrough` conmon's stdout and stderr (which it hands on to the process) are the
+    files `stdout` and `stderr` of `pdir`; else stdout is /dev/null and stderr `conmon.err`."""
     sync_r, sync_w = os.pipe()
     start_r, start_w = os.pipe()
     try:
-        with open(pdir / "conmon.err", "wb") as err:  # noqa: ASYNC230 (a new local file)
+        with contextlib.ExitStack() as files:
+            if passthrough:
+                out: int | IO[bytes] = files.enter_context(_append(pdir / STDOUT))
+                err: int | IO[bytes] = files.enter_context(_append(pdir / STDERR))
+            else:
+                out = subprocess.DEVNULL
+                err = files.enter_context(open(pdir / "conmon.err", "wb"))  # noqa: ASYNC230
             child = await trio.lowlevel.open_process(
                 cmd,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
+                stdout=out,
                 stderr=err,
                 cwd=str(pdir),
                 pass_fds=(sync_w, start_r),
@@ -260,10 +299,18 @@ def _spawn_error(message: str) -> KernelError | ExecutableNotFoundError:
 
 
 def _conmon_stderr(pdir: Path) -> str:
-    try:
-        return (pdir / "conmon.err").read_text(errors="replace").strip()[-2000:]
-    except OSError:
-        return ""
+    for name in ("conmon.err", STDERR):  # with passthrough conmon's stderr is the process's
+        try:
+            return (pdir / name).read_text(errors="replace").strip()[-2000:]
+        except OSError:
+            continue
+    return ""
+
+
+def _append(path: Path) -> IO[bytes]:
+    """The file opened for appending (O_APPEND: writers that share it never overwrite, and a
+    freed front never makes a writer write into the hole)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC), "ab")
 
 
 def read_exit_status(facts: SpawnedProcess) -> int | None:

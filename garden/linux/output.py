@@ -38,6 +38,7 @@ import msgspec
 import trio
 
 from garden.errors import KernelError
+from garden.linux.passthrough import OrderIndex
 
 Source = Literal["stdout", "stderr"]
 _SOURCES: dict[bytes, Source] = {b"stdout": "stdout", b"stderr": "stderr"}
@@ -239,6 +240,18 @@ class LogWatcher:
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._watches: dict[int, _Watch] = {}
+        self._indexes: dict[int, OrderIndex] = {}  # passthrough process dirs, by watch
+
+    def add_index(self, index: OrderIndex) -> int:
+        """Feed `index` the writes to its files from now on; returns the watch for
+        `remove_index`."""
+        wd = self._add(index.dir)
+        self._indexes[wd] = index
+        return wd
+
+    def remove_index(self, wd: int) -> None:
+        self._indexes.pop(wd, None)
+        self._remove(wd)
 
     def _add(self, directory: Path) -> int:
         wd = _check(
@@ -288,8 +301,14 @@ class LogWatcher:
                 continue
             pos = 0
             while pos + _EVENT.size <= len(data):
-                wd, _mask, _cookie, name_len = _EVENT.unpack_from(data, pos)
+                wd, mask, _cookie, name_len = _EVENT.unpack_from(data, pos)
+                name = data[pos + _EVENT.size : pos + _EVENT.size + name_len]
                 pos += _EVENT.size + name_len
+                index = self._indexes.get(wd)
+                if index is not None and mask & _IN_MODIFY:
+                    source = _SOURCES.get(name.rstrip(b"\0"))
+                    if source is not None:
+                        index.on_write(source)
                 if wd == -1:  # IN_Q_OVERFLOW: events were lost, wake everyone
                     for key in list(self._watches):
                         self._wake(key)
@@ -339,6 +358,55 @@ class LogWatcher:
                 os.close(fd)
             for wd in wds:
                 self._remove(wd)
+
+    async def follow_passthrough(
+        self, index: OrderIndex, exit_path: str | Path, *, replay_bytes: int | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        """The output of a passthrough process in its index's order, from the start (or its
+        last `replay_bytes`), live, until the process has exited (`exit_path` exists) and
+        everything is read (or its directory is gone: destroyed). `Chunk.offset` is the offset
+        in its stream's file after it."""
+        exit_path = Path(exit_path)
+        wds: list[int] = []
+        reader = index.reader(replay_bytes)
+        try:
+            wds = [self._add(index.dir), self._add(exit_path.parent)]
+            while True:
+                seen = self._generations(wds)
+                segment = index.segment(reader.seq)
+                if segment is None:
+                    if index.finished:
+                        break
+                    if _gone(exit_path):
+                        index.finish()
+                    else:
+                        await self._wait_change(wds, seen)
+                    continue
+                source = segment.source
+                pos = max(reader.pos, segment.start, index.freed[source])
+                want = _READ_SIZE if segment.end < 0 else min(_READ_SIZE, segment.end - pos)
+                data = index.pread(source, want, pos) if want > 0 else b""
+                if data:
+                    reader.pos = reader.low[source] = pos + len(data)
+                    yield Chunk(source, data, reader.pos)
+                    await trio.lowlevel.checkpoint()
+                elif segment.end >= 0:  # this segment is read: on to the next one
+                    reader.seq += 1
+                    reader.pos = 0
+                    reader.low[source] = segment.end
+                elif _gone(exit_path):
+                    index.finish()  # the open segment is closed, the rest put in
+                else:
+                    await self._wait_change(wds, seen)
+        finally:
+            index.release(reader)
+            for wd in wds:
+                self._remove(wd)
+
+
+def _gone(exit_path: Path) -> bool:
+    """The process has exited (its exit file exists) or its directory was removed."""
+    return exit_path.exists() or not exit_path.parent.exists()
 
 
 def _open_if_exists(path: Path) -> int:

@@ -7,6 +7,7 @@ rebuilt after a crash from the log alone. It is plain data: no live objects.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -137,6 +138,10 @@ class SpawnedProcess(msgspec.Struct, frozen=True, kw_only=True):
     conmon_start_time: int | None
     tty: bool
     stdin: bool
+    # "k8s-file": conmon's log (`log_path`); "passthrough": the raw files `stdout` and
+    # `stderr` plus the server's order index (garden.linux.passthrough). Processes recorded
+    # before passthrough existed have no such field: they are k8s-file.
+    log_format: Literal["k8s-file", "passthrough"] = "k8s-file"
 
     @property
     def log_path(self) -> Path:

@@ -2,13 +2,15 @@
 and gives back its exit status, its output log, its stdin, signals and terminal size.
 
 Each process lives in `<container_path>/processes/<process_id>/` (the conmon bundle: the OCI
-process.json, the k8s-file output log, the exit file). Everything a later call needs is in the
-`SpawnedProcess` facts, which the actors record in the event log, so a process started before a
-server crash is found again after it.
+process.json, the output — raw `stdout`/`stderr` files and their `order` index, or for a TTY
+and processes from before passthrough conmon's k8s-file `log` — and the exit file).
+Everything a later call needs is in the `SpawnedProcess` facts, which the actors record in the
+event log, so a process started before a server crash is found again after it.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -18,20 +20,47 @@ from typing import final
 import trio
 
 from garden.api import ProcessSpec
-from garden.errors import ProcessIdInUseError
-from garden.linux import monitor, output, process_spec
+from garden.errors import KernelError, ProcessIdInUseError
+from garden.linux import monitor, output, passthrough, process_spec
 from garden.linux.oci import caps_from_mask
 from garden.linux.plan import ContainerPlan, SpawnedProcess, Started
 from garden.linux.proc import capability_bounding_mask
 from garden.linux.runtime import Runtime
 
+log = logging.getLogger("garden.linux")
+
+
+@final
+class _Indexed:
+    """An order index in use: by the running process (from spawn or recovery until its exit
+    has been seen) and by each follower; closed when neither is left."""
+
+    __slots__ = ("index", "refs", "running", "wd")
+
+    def __init__(self, index: passthrough.OrderIndex, wd: int) -> None:
+        self.index = index
+        self.wd = wd
+        self.refs = 0
+        self.running = False
+
 
 @final
 class LinuxProcesses:
-    def __init__(self, *, runtime: Runtime, socket_dir: Path, watcher: output.LogWatcher) -> None:
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        socket_dir: Path,
+        watcher: output.LogWatcher,
+        log_format: monitor.LogFormat = "passthrough",
+        output_cap: int = passthrough.DEFAULT_CAP,
+    ) -> None:
         self.runtime = runtime
         self.socket_dir = socket_dir
         self.watcher = watcher
+        self.log_format: monitor.LogFormat = log_format
+        self.output_cap = output_cap
+        self._indexes: dict[str, _Indexed] = {}  # by process dir
         self.ceiling = process_spec.rlimit_ceiling()
         # What the server may grant: a privileged container's processes get all of it.
         self.allowed_caps = caps_from_mask(capability_bounding_mask())
@@ -74,23 +103,74 @@ class LinuxProcesses:
                 ceiling=self.ceiling,
             )
         )
-        return await monitor.spawn(
-            runtime=self.runtime.exe,
-            runtime_root=self.runtime.root,
-            container_id=plan.container_id,
-            process_dir=pdir,
-            process=process,
-            socket_dir=self.socket_dir,
-            stdin=spec.stdin or size is not None,
-        )
+        try:
+            return await monitor.spawn(
+                runtime=self.runtime.exe,
+                runtime_root=self.runtime.root,
+                container_id=plan.container_id,
+                process_dir=pdir,
+                process=process,
+                socket_dir=self.socket_dir,
+                stdin=spec.stdin or size is not None,
+                log_format=self.log_format,
+                # Indexed from before the first byte, held for the running process.
+                before_start=lambda d: self._acquire(str(d), running=True, pin=True),
+            )
+        except BaseException:
+            self._release(str(pdir), running=True)
+            raise
 
     async def wait_exit(self, facts: SpawnedProcess) -> int | None:
         """The exit status once the process is gone; None when its monitor vanished without
-        writing one."""
+        writing one. A passthrough process's order index is kept meanwhile (and loaded again
+        after a restart of the server) and finished once it has exited."""
+        if facts.log_format == "passthrough":
+            try:
+                self._acquire(facts.process_dir, running=True)
+            except KernelError as e:  # its exit still counts: without an index, order degrades
+                log.warning("order-index-failed dir=%s error=%s", facts.process_dir, e)
         try:
             return await monitor.wait_exit(facts)
         except monitor.MonitorLostError:
             return None
+        finally:
+            entry = self._indexes.get(facts.process_dir)
+            if entry is not None and facts.exit_path.exists():
+                entry.index.finish()
+            self._release(facts.process_dir, running=True)
+
+    def _acquire(
+        self, process_dir: str, *, running: bool = False, pin: bool = False
+    ) -> passthrough.OrderIndex:
+        entry = self._indexes.get(process_dir)
+        if entry is None:
+            try:
+                index = passthrough.OrderIndex(process_dir, cap=self.output_cap, pin=pin)
+            except OSError as e:
+                raise KernelError(f"open the output of {process_dir}", e) from e
+            try:
+                entry = _Indexed(index, self.watcher.add_index(index))
+            except BaseException:
+                index.close()
+                raise
+            self._indexes[process_dir] = entry
+        if running:
+            if entry.running:
+                return entry.index
+            entry.running = True
+        entry.refs += 1
+        return entry.index
+
+    def _release(self, process_dir: str, *, running: bool = False) -> None:
+        entry = self._indexes.get(process_dir)
+        if entry is None or (running and not entry.running):
+            return
+        entry.running = entry.running and not running
+        entry.refs -= 1
+        if entry.refs <= 0:
+            del self._indexes[process_dir]
+            self.watcher.remove_index(entry.wd)
+            entry.index.close()
 
     def exit_status(self, facts: SpawnedProcess) -> int | None:
         return monitor.read_exit_status(facts)
@@ -110,6 +190,17 @@ class LinuxProcesses:
     ) -> AsyncIterator[AsyncGenerator[output.Chunk, None]]:
         """The process's output from its start (or its last `replay_bytes`), then live, until
         it has exited and everything is read."""
+        if facts.log_format == "passthrough":
+            index = self._acquire(facts.process_dir)
+            try:
+                follow = self.watcher.follow_passthrough(
+                    index, facts.exit_path, replay_bytes=replay_bytes
+                )
+                async with aclosing(follow) as chunks:
+                    yield chunks
+            finally:
+                self._release(facts.process_dir)
+            return
         start = 0
         if replay_bytes is not None:
             start = await trio.to_thread.run_sync(output.tail_offset, facts.log_path, replay_bytes)
@@ -119,6 +210,7 @@ class LinuxProcesses:
             yield chunks
 
     async def cleanup(self, facts: SpawnedProcess) -> None:
+        self._release(facts.process_dir, running=True)
         await monitor.cleanup(facts)
 
     async def sweep(self, plan: ContainerPlan, known: set[str]) -> list[str]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from garden.linux import monitor, output
 from garden.linux import process_spec as ps
+from garden.linux.passthrough import OrderIndex
 from garden.linux.plan import SpawnedProcess
 from tests.integration.process.conftest import RUNC, Container
 
@@ -65,3 +68,53 @@ async def run(
         chunks=chunks,
         status=status,
     )
+
+
+class Indexed:
+    """A passthrough process and the index the server would keep of it (pinned, as the
+    server's is, until its first reader comes: else its front may be freed before)."""
+
+    def __init__(self, watcher: output.LogWatcher, cap: int, pin: bool) -> None:
+        self.watcher, self.cap, self.pin = watcher, cap, pin
+        self.index: OrderIndex | None = None
+        self.wd = -1
+
+    def start(self, pdir: Path) -> None:
+        self.index = OrderIndex(pdir, cap=self.cap, pin=self.pin)
+        self.wd = self.watcher.add_index(self.index)
+
+    def stop(self) -> None:
+        """What a server crash does to the index: it stops being kept."""
+        if self.index is not None:
+            self.watcher.remove_index(self.wd)
+            self.index.close()
+            self.index = None
+
+
+@contextlib.asynccontextmanager
+async def passthrough(
+    ctr: Container,
+    watcher: output.LogWatcher,
+    script: str,
+    *,
+    cap: int = 16 << 20,
+    pin: bool = True,
+) -> AsyncIterator[tuple[SpawnedProcess, Indexed]]:
+    indexed = Indexed(watcher, cap, pin)
+    facts = await monitor.spawn(
+        runtime=RUNC,
+        runtime_root=ctr.runtime_root,
+        container_id=ctr.id,
+        process_dir=ctr.processes / uuid.uuid4().hex,
+        process=process_json(ctr, "sh", "-c", script),
+        socket_dir=ctr.socket_dir,
+        log_format="passthrough",
+        before_start=indexed.start,
+    )
+    try:
+        assert facts.log_format == "passthrough"
+        yield facts, indexed
+    finally:
+        indexed.stop()
+        await monitor.cleanup(facts)
+    assert not Path(facts.process_dir).exists()

@@ -5,6 +5,7 @@ The assertions are loose sanity bounds; the numbers are the point.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import subprocess
@@ -15,7 +16,7 @@ import trio
 
 from garden.linux import monitor, output
 from tests.integration.process.conftest import RUNC, Container
-from tests.integration.process.helpers import collect, process_json, spawn
+from tests.integration.process.helpers import collect, passthrough, process_json, spawn
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -44,38 +45,51 @@ async def test_latency_of_true(container: Container, watcher: output.LogWatcher)
     assert statistics.median(ours) < 1.0
 
 
+@pytest.mark.parametrize("log_format", ["k8s-file", "passthrough"])
 @pytest.mark.parametrize(
     "what,script",
     [
         ("zeros", "dd if=/dev/zero bs=1M count=256 2>/dev/null"),
         ("random", "dd if=/tmp/random bs=1M 2>/dev/null"),
         ("text lines", "dd if=/tmp/lines bs=1M 2>/dev/null"),
+        ("small writes", "dd if=/tmp/lines bs=4k 2>/dev/null"),
     ],
 )
 async def test_throughput(
-    container: Container, watcher: output.LogWatcher, what: str, script: str
+    container: Container, watcher: output.LogWatcher, what: str, script: str, log_format: str
 ) -> None:
     size = 256 << 20
     _make_input(container, what, size)
-    facts = await spawn(container, process_json(container, "sh", "-c", script))
     t = time.perf_counter()
     try:
-        total = sum(len(c.data) for c in await collect(watcher, facts))
-        elapsed = time.perf_counter() - t
-        await monitor.wait_exit(facts)
+        if log_format == "passthrough":
+            async with passthrough(container, watcher, script) as (facts, indexed):
+                assert indexed.index is not None
+                follow = watcher.follow_passthrough(indexed.index, facts.exit_path)
+                async with contextlib.aclosing(follow) as chunks:
+                    total = sum([len(c.data) async for c in chunks])
+                elapsed = time.perf_counter() - t
+                assert await monitor.wait_exit(facts) == 0
+        else:
+            facts = await spawn(container, process_json(container, "sh", "-c", script))
+            try:
+                total = sum(len(c.data) for c in await collect(watcher, facts))
+                elapsed = time.perf_counter() - t
+                assert await monitor.wait_exit(facts) == 0
+            finally:
+                await monitor.cleanup(facts)
     finally:
-        await monitor.cleanup(facts)
+        for name in ("random", "lines"):
+            (container.rootfs / "tmp" / name).unlink(missing_ok=True)
     assert total == size
     rate = size / elapsed / 1e6
-    print(f"\n{what}: {rate:.0f} MB/s through conmon -> log -> follow ({elapsed:.2f} s)")
-    for name in ("random", "lines"):
-        (container.rootfs / "tmp" / name).unlink(missing_ok=True)
+    print(f"\n{what}: {rate:.0f} MB/s through conmon {log_format} -> follow ({elapsed:.2f} s)")
 
 
 def _make_input(container: Container, what: str, size: int) -> None:
     tmp = container.rootfs / "tmp"
     if what == "random":
         (tmp / "random").write_bytes(os.urandom(size))
-    if what == "text lines":
+    if what in ("text lines", "small writes"):
         line = b"x" * 99 + b"\n"
         (tmp / "lines").write_bytes(line * (size // 100) + line[: size % 100])
