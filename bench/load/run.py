@@ -23,7 +23,7 @@ import msgspec
 import trio
 
 from bench.load.client import REQUEST_TIMEOUT, LoadClient
-from bench.load.sampler import Sample, Sampler
+from bench.load.sampler import Sample, Sampler, fd_diff, fd_kinds
 from bench.load.tally import OpStats, Tally
 from bench.ours import GardenServer
 from garden.linux.leftovers import leftovers
@@ -74,6 +74,7 @@ class Report(msgspec.Struct, kw_only=True):
     fds_max: int = 0
     fds_idle_end: int = 0
     fd_slope_per_min: float = 0.0
+    fds_added: list[str] = msgspec.field(default_factory=list)  # idle end beyond idle start
     server_log_errors: int = 0
     leaks: Leaks = msgspec.field(
         default_factory=lambda: Leaks(checked=False, found=[], containers_left=[])
@@ -127,6 +128,7 @@ async def drive(options: Options, url: str, pid: int) -> tuple[Report, Sampler |
     async with httpx.AsyncClient(base_url=url, timeout=timeout) as admin:
         before = set(await _containers(admin))
         idle_start = sampler.take() if sampler else None
+        kinds_start = fd_kinds(pid) if pid else None
         async with trio.open_nursery() as nursery:
             if sampler is not None:
                 nursery.start_soon(sampler.run)
@@ -168,6 +170,8 @@ async def drive(options: Options, url: str, pid: int) -> tuple[Report, Sampler |
         report.fds_idle_start = idle_start.fds
         report.fds_max = max(s.fds for s in sampler.samples)
         report.fds_idle_end = idle_end.fds
+        if kinds_start is not None:
+            report.fds_added = fd_diff(kinds_start, fd_kinds(pid))
         busy = [s for s in sampler.samples if s.t <= elapsed - 1]  # without the idle tail
         trimmed = Sampler(pid, options.sample_every)
         trimmed.samples = busy
@@ -255,6 +259,7 @@ def render(report: Report) -> str:
         f" {report.rss_mib_end}; slope after warm-up {report.rss_slope_mib_per_min:+.3f} MiB/min",
         f"server fds: idle start {report.fds_idle_start}, max {report.fds_max}, idle end"
         f" {report.fds_idle_end}; slope after warm-up {report.fd_slope_per_min:+.3f}/min",
+        *([f"  idle end beyond start: {', '.join(report.fds_added)}"] if report.fds_added else []),
         f"server log: {report.server_log_errors} ERROR lines",
         "leaks: "
         + (

@@ -4,7 +4,9 @@ whether they stay flat: a least-squares slope over the part of the run after the
 from __future__ import annotations
 
 import os
+import re
 import time
+from collections import Counter
 
 import msgspec
 import trio
@@ -25,6 +27,63 @@ def read_sample(pid: int, t: float) -> Sample | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return Sample(t=round(t, 2), rss_kib=rss, fds=fds)
+
+
+_SOCKET = re.compile(r"socket:\[(\d+)\]")
+_NET_TABLES = ("tcp", "tcp6", "udp", "udp6", "unix", "netlink", "raw", "packet")
+
+
+def _socket_kinds(pid: int) -> dict[str, str]:
+    """inode → the /proc/<pid>/net table that lists it (tcp sockets with their state)."""
+    kinds: dict[str, str] = {}
+    for table in _NET_TABLES:
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if table == "unix" and len(cols) >= 7:
+                kinds.setdefault(cols[6], "unix")
+            elif table == "netlink" and len(cols) >= 10:
+                kinds.setdefault(cols[-1], "netlink")
+            elif table.startswith(("tcp", "udp")) and len(cols) >= 10:
+                kinds.setdefault(cols[9], f"{table} st={cols[3]} local={cols[1]}")
+            elif len(cols) >= 10:
+                kinds.setdefault(cols[-1], table)
+    return kinds
+
+
+def fd_kinds(pid: int) -> Counter[str]:
+    """What `pid`'s open descriptors point at, counted: paths as they are, sockets by the
+    table that lists them, pipes and anonymous inodes by kind (empty if `pid` is gone)."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return Counter()
+    targets: list[str] = []
+    for name in names:
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:
+            continue
+    sockets = _socket_kinds(pid) if any(t.startswith("socket:") for t in targets) else {}
+    kinds: Counter[str] = Counter()
+    for target in targets:
+        if m := _SOCKET.fullmatch(target):
+            kinds["socket " + sockets.get(m.group(1), "?")] += 1
+        elif target.startswith("pipe:"):
+            kinds["pipe"] += 1
+        else:
+            kinds[target] += 1
+    return kinds
+
+
+def fd_diff(before: Counter[str], after: Counter[str]) -> list[str]:
+    """The descriptors `after` holds beyond `before`, as "+N kind" lines (most first)."""
+    grown = after - before
+    return [f"+{n} {kind}" for kind, n in grown.most_common()]
 
 
 def slope_per_minute(points: list[tuple[float, float]]) -> float:
