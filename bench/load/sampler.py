@@ -55,6 +55,15 @@ def _socket_kinds(pid: int) -> dict[str, str]:
     return kinds
 
 
+def _protocol(pid: int, fd: str) -> str:
+    """A socket's protocol by the kernel's own name (for one of another network namespace)."""
+    try:
+        name = os.getxattr(f"/proc/{pid}/fd/{fd}", "system.sockprotoname")
+    except OSError:
+        return "?"
+    return name.rstrip(b"\0").decode(errors="replace") + " (not in this netns' tables)"
+
+
 def fd_kinds(pid: int) -> Counter[str]:
     """What `pid`'s open descriptors point at, counted: paths as they are, sockets by the
     table that lists them, pipes and anonymous inodes by kind (empty if `pid` is gone)."""
@@ -67,12 +76,12 @@ def fd_kinds(pid: int) -> Counter[str]:
         try:
             targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
         except OSError:
-            continue
+            targets.append("(closed meanwhile)")
     sockets = _socket_kinds(pid) if any(t.startswith("socket:") for t in targets) else {}
     kinds: Counter[str] = Counter()
-    for target in targets:
+    for name, target in zip(names, targets, strict=True):
         if m := _SOCKET.fullmatch(target):
-            kinds["socket " + sockets.get(m.group(1), "?")] += 1
+            kinds["socket " + (sockets.get(m.group(1)) or _protocol(pid, name))] += 1
         elif target.startswith("pipe:"):
             kinds["pipe"] += 1
         else:
