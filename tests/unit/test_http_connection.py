@@ -76,7 +76,7 @@ async def test_a_read_takes_what_is_queued_not_the_most_it_may() -> None:
     stream = SizedReceiveStream(trio.SocketStream(a))
     real_recv = stream.transport.receive_some
 
-    async def spy(max_bytes: int | None = None) -> bytes | bytearray:
+    async def spy(max_bytes: int | None = None) -> bytes:
         asked.append(max_bytes or 0)
         return await real_recv(max_bytes)
 
