@@ -116,10 +116,10 @@ class Sampler:
         self.pid = pid
         self.every = every
         self.samples: list[Sample] = []
-        self._t0 = time.monotonic()
+        self.t0 = time.monotonic()
 
     def take(self) -> Sample | None:
-        sample = read_sample(self.pid, time.monotonic() - self._t0)
+        sample = read_sample(self.pid, time.monotonic() - self.t0)
         if sample is not None:
             self.samples.append(sample)
         return sample
@@ -129,15 +129,20 @@ class Sampler:
             await trio.to_thread.run_sync(self.take)
             await trio.sleep(self.every)
 
-    def after(self, fraction: float) -> list[Sample]:
-        """The samples after the first `fraction` of the run (the warm-up)."""
+    def warmup_end(self, fraction: float, not_before: float = 0.0) -> float:
+        """The end of the warm-up: the first `fraction` of the run, or `not_before` seconds
+        (when the server's bounded caches were full) if that is later."""
         if not self.samples:
-            return []
-        cut = self.samples[-1].t * fraction
+            return 0.0
+        return max(self.samples[-1].t * fraction, not_before)
+
+    def after(self, fraction: float, not_before: float = 0.0) -> list[Sample]:
+        """The samples after the warm-up (`warmup_end`)."""
+        cut = self.warmup_end(fraction, not_before)
         return [s for s in self.samples if s.t >= cut]
 
-    def rss_slope_mib_per_min(self, warmup: float) -> float:
-        return slope_per_minute([(s.t, s.rss_kib / 1024) for s in self.after(warmup)])
+    def rss_slope_mib_per_min(self, warmup: float, not_before: float = 0.0) -> float:
+        return slope_per_minute([(s.t, s.rss_kib / 1024) for s in self.after(warmup, not_before)])
 
-    def fd_slope_per_min(self, warmup: float) -> float:
-        return slope_per_minute([(s.t, float(s.fds)) for s in self.after(warmup)])
+    def fd_slope_per_min(self, warmup: float, not_before: float = 0.0) -> float:
+        return slope_per_minute([(s.t, float(s.fds)) for s in self.after(warmup, not_before)])

@@ -1,6 +1,6 @@
-"""hypercorn's connection as the server runs it (garden/http/connection.py): each socket read
-allocated at the size that came, and a connection closed as soon as its client has closed it
-(not after the keep-alive timeout: the descriptors `just load` found held at its end)."""
+"""hypercorn's connection as the server runs it (garden/http/connection.py): closed as soon as
+its client has closed it, not after the keep-alive timeout (the descriptors `just load` found
+held at its end)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import trio
 import trio.testing
 
 from garden.http import connection
-from garden.http.connection import SOCKET_READ, SizedReceiveStream, queued_bytes
 from tests.unit.fakes import serve_fakes
 
 CLOSE_WITHIN = 10.0  # seconds; the keep-alive timeout is 75 s (and set to 600 below)
@@ -68,40 +67,6 @@ async def test_closed_connections_leave_no_descriptor(
     # The server closed each (the client saw EOF); its side of the socket is gone with it.
     assert len(os.listdir("/proc/self/fd")) <= before
     nursery.cancel_scope.cancel()
-
-
-async def test_a_read_takes_what_is_queued_not_the_most_it_may() -> None:
-    a, b = trio.socket.socketpair()
-    asked: list[int] = []
-    stream = SizedReceiveStream(trio.SocketStream(a))
-    real_recv = stream.transport.receive_some
-
-    async def spy(max_bytes: int | None = None) -> bytes:
-        asked.append(max_bytes or 0)
-        return await real_recv(max_bytes)
-
-    stream.transport.receive_some = spy  # type: ignore[method-assign]
-    with a, b:
-        await b.send(b"x" * 300)
-        assert queued_bytes(a.fileno()) == 300
-        assert await stream.receive_some(SOCKET_READ) == b"x" * 300
-        assert asked == [300]  # not 1 MiB, shrunk to 300 bytes afterwards
-
-        async def later() -> None:
-            await trio.sleep(0.05)  # the reader must wait for it, not read 0 bytes
-            await b.send(b"y" * 10)
-
-        async with trio.open_nursery() as n:
-            n.start_soon(later)
-            assert await stream.receive_some(SOCKET_READ) == b"y" * 10
-        assert asked[-1] == 10
-
-        await b.send(b"z" * 5000)
-        assert await stream.receive_some(1000) == b"z" * 1000  # never more than asked
-        b.close()
-        rest = await stream.receive_some(SOCKET_READ)
-        assert rest == b"z" * 4000
-        assert await stream.receive_some(SOCKET_READ) == b""  # the end: readable, 0 queued
 
 
 def test_the_server_runs_hypercorn_connections_through_it() -> None:
