@@ -4,7 +4,7 @@ connection as soon as its client has; installed by `garden.http.tuning.tune_hype
 hypercorn keeps a connection whose client closed it between two requests (its socket in
 CLOSE_WAIT, or dead after a reset) until its keep-alive timer fires, 75 s by default
 (`--keep-alive-timeout`): each connection a client closed held a descriptor that long (the
-11-20 descriptors above the start an idle server still held after `just load`), and a client
+10-19 descriptors above the start an idle server still held after `just load`), and a client
 that opens and closes connections quickly could run the server out of them. Once the read side
 has ended, nothing can come any more: the idle timer ends at once and the connection closes as
 soon as its request, if one is running, is answered.
