@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -23,9 +24,10 @@ import msgspec
 import trio
 
 from bench.load.client import REQUEST_TIMEOUT, LoadClient
-from bench.load.sampler import Sample, Sampler
+from bench.load.sampler import Sample, Sampler, fd_diff, fd_kinds
 from bench.load.tally import OpStats, Tally
 from bench.ours import GardenServer
+from garden.events.journal import RECENT
 from garden.linux.leftovers import leftovers
 
 # GardenServer.sweep imports it lazily: load it now, not after a 10-minute run.
@@ -35,6 +37,9 @@ WORK_ROOT = Path("/var/tmp/garden-load")  # traversable by containers' mapped ro
 IDLE_FD_SLACK = 8  # descriptors the idle server may hold at the end beyond those at the start
 IDLE_SETTLE = 15.0  # seconds the idle descriptor count gets to come down at the end
 DRAIN_TIMEOUT = 300.0  # clients finish their iteration within this after the deadline
+JOURNAL_EVERY = 10.0  # seconds between two looks at the server's event count (/metrics)
+SLOPE_MIN_AFTER_WARMUP = 120.0  # seconds of samples after the warm-up for a slope to judge
+_RECORDS = re.compile(rb"^garden_event_log_records_total (\d+)", re.MULTILINE)
 
 
 class Options(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,6 +79,12 @@ class Report(msgspec.Struct, kw_only=True):
     fds_max: int = 0
     fds_idle_end: int = 0
     fd_slope_per_min: float = 0.0
+    fds_added: list[str] = msgspec.field(default_factory=list)  # idle end beyond idle start
+    # seconds into the run when the server had recorded RECENT events since the start (its
+    # in-memory window of recent events full: a bounded ~3 MiB that the slope must not count);
+    # -1: not within the run
+    window_full_s: float = -1.0
+    slope_from_s: float = 0.0  # the end of the warm-up the slopes are measured after
     server_log_errors: int = 0
     leaks: Leaks = msgspec.field(
         default_factory=lambda: Leaks(checked=False, found=[], containers_left=[])
@@ -84,6 +95,13 @@ class Report(msgspec.Struct, kw_only=True):
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+def slope_judged(report: Report) -> bool:
+    """A slope counts once the event window was full and enough of the run came after."""
+    return (
+        report.window_full_s >= 0 and report.seconds - report.slope_from_s >= SLOPE_MIN_AFTER_WARMUP
+    )
 
 
 def judge(report: Report, options: Options) -> list[str]:
@@ -101,7 +119,8 @@ def judge(report: Report, options: Options) -> list[str]:
             f"idle descriptors grew from {report.fds_idle_start} to {report.fds_idle_end}"
         )
     slope = report.rss_slope_mib_per_min
-    if report.seconds >= options.slope_min_seconds and slope > options.max_rss_slope:
+    judged = slope_judged(report)
+    if report.seconds >= options.slope_min_seconds and judged and slope > options.max_rss_slope:
         problems.append(
             f"RSS grows {slope:.2f} MiB/min after the warm-up (bar: {options.max_rss_slope})"
         )
@@ -124,12 +143,15 @@ async def drive(options: Options, url: str, pid: int) -> tuple[Report, Sampler |
     started = time.monotonic()
     deadline = started + options.seconds
     clients: list[LoadClient] = []
+    window_full: list[float] = []
     async with httpx.AsyncClient(base_url=url, timeout=timeout) as admin:
         before = set(await _containers(admin))
         idle_start = sampler.take() if sampler else None
+        kinds_start = fd_kinds(pid) if pid else None
         async with trio.open_nursery() as nursery:
             if sampler is not None:
                 nursery.start_soon(sampler.run)
+                nursery.start_soon(_watch_window, admin, sampler.t0, window_full)
             with trio.fail_after(options.seconds + DRAIN_TIMEOUT):
                 async with trio.open_nursery() as workers:
                     for n in range(options.clients):
@@ -168,12 +190,41 @@ async def drive(options: Options, url: str, pid: int) -> tuple[Report, Sampler |
         report.fds_idle_start = idle_start.fds
         report.fds_max = max(s.fds for s in sampler.samples)
         report.fds_idle_end = idle_end.fds
+        if kinds_start is not None:
+            report.fds_added = fd_diff(kinds_start, fd_kinds(pid))
         busy = [s for s in sampler.samples if s.t <= elapsed - 1]  # without the idle tail
         trimmed = Sampler(pid, options.sample_every)
         trimmed.samples = busy
-        report.rss_slope_mib_per_min = round(trimmed.rss_slope_mib_per_min(options.warmup), 3)
-        report.fd_slope_per_min = round(trimmed.fd_slope_per_min(options.warmup), 3)
+        full = window_full[0] if window_full else -1.0
+        report.window_full_s = round(full, 1)
+        report.slope_from_s = round(trimmed.warmup_end(options.warmup, full), 1)
+        report.rss_slope_mib_per_min = round(trimmed.rss_slope_mib_per_min(options.warmup, full), 3)
+        report.fd_slope_per_min = round(trimmed.fd_slope_per_min(options.warmup, full), 3)
     return report, sampler
+
+
+async def _records(http: httpx.AsyncClient) -> int | None:
+    """The events the server recorded since it started (None if it cannot say)."""
+    try:
+        r = await http.get("/metrics")
+    except httpx.HTTPError:
+        return None
+    m = _RECORDS.search(r.content) if r.status_code == 200 else None
+    return int(m.group(1)) if m else None
+
+
+async def _watch_window(http: httpx.AsyncClient, started: float, full: list[float]) -> None:
+    """Append to `full` the seconds into the run at which the server has recorded RECENT
+    events more than at the start (its window of recent events is full from then on)."""
+    first = await _records(http)
+    if first is None:
+        return
+    while True:
+        await trio.sleep(JOURNAL_EVERY)
+        now = await _records(http)
+        if now is not None and now - first >= RECENT:
+            full.append(time.monotonic() - started)
+            return
 
 
 async def _client_task(client: LoadClient, http: httpx.AsyncClient, deadline: float) -> None:
@@ -252,9 +303,14 @@ def render(report: Report) -> str:
     lines += [
         "",
         f"server RSS MiB: idle start {report.rss_mib_start}, max {report.rss_mib_max}, idle end"
-        f" {report.rss_mib_end}; slope after warm-up {report.rss_slope_mib_per_min:+.3f} MiB/min",
+        f" {report.rss_mib_end}; slope after warm-up {report.rss_slope_mib_per_min:+.3f} MiB/min"
+        f" (from {report.slope_from_s:.0f} s; event window full at "
+        + (f"{report.window_full_s:.0f} s" if report.window_full_s >= 0 else "no time")
+        + ("" if slope_judged(report) else "; not judged")
+        + ")",
         f"server fds: idle start {report.fds_idle_start}, max {report.fds_max}, idle end"
         f" {report.fds_idle_end}; slope after warm-up {report.fd_slope_per_min:+.3f}/min",
+        *([f"  idle end beyond start: {', '.join(report.fds_added)}"] if report.fds_added else []),
         f"server log: {report.server_log_errors} ERROR lines",
         "leaks: "
         + (

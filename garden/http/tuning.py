@@ -1,10 +1,12 @@
 """Process settings that let large request bodies stream at disk speed (measured for file
-uploads, see docs/files.md):
+uploads, see docs/files.md), and hypercorn's connections closed when their client has:
 
 - hypercorn reads a socket 64 KiB at a time, and each read becomes one ASGI message that costs
   ~100 us of Python; reading up to 1 MiB at a time cuts the interpreter time of an upload by
   about 3x. (It is a module constant of hypercorn's trio server; if a hypercorn release drops
   it, this logs a warning and changes nothing.)
+- A connection closes when its client has, not when its keep-alive timer fires:
+  `garden/http/connection.py`, installed here as hypercorn's per-connection server.
 - glibc malloc keeps ~1 MiB buffers in its heap for reuse instead of a fresh mmap each:
   `garden/malloc.py` (which also bounds what the heap keeps, with fewer arenas and a periodic
   trim).
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
+from garden.http.connection import GardenTCPServer
 from garden.malloc import tune_malloc
 
 log = logging.getLogger("garden.http")
@@ -23,12 +26,20 @@ SOCKET_READ: Final = 1 << 20
 
 
 def tune_hypercorn() -> None:
-    from hypercorn.trio import tcp_server
+    from hypercorn.trio import run, tcp_server
 
-    if not isinstance(getattr(tcp_server, "MAX_RECV", None), int):
+    if isinstance(getattr(tcp_server, "MAX_RECV", None), int):
+        tcp_server.MAX_RECV = SOCKET_READ
+    else:
         log.warning("tuning-skipped what=hypercorn.trio.tcp_server.MAX_RECV (not found)")
-        return
-    tcp_server.MAX_RECV = SOCKET_READ
+    overridden = ("_read_data", "_idle_timeout")
+    if run.__dict__.get("TCPServer") in (tcp_server.TCPServer, GardenTCPServer) and all(
+        callable(getattr(tcp_server.TCPServer, name, None)) for name in overridden
+    ):
+        # worker_serve looks the name up for each connection it accepts
+        run.TCPServer = GardenTCPServer  # type: ignore[attr-defined]
+    else:
+        log.warning("tuning-skipped what=hypercorn.trio.run.TCPServer (not as expected)")
 
 
 def tune_for_streaming() -> None:

@@ -110,26 +110,31 @@ async def feed(
 @final
 class BlockWriter:
     """What a producing thread writes, gathered into blocks and handed to trio (waiting while
-    the consumer is behind)."""
+    the consumer is behind). The pieces are kept as they come and joined once per block, so
+    each block is allocated at its size (a growing bytearray reallocates as it goes and is
+    copied once more into the block: two heap chunks of shifting sizes per block)."""
 
     def __init__(self, send: trio.MemorySendChannel[bytes]) -> None:
         self._send = send
-        self._pending = bytearray()
+        self._pending: list[bytes] = []
+        self._size = 0
         self.bytes_written = 0
 
     def write(self, data: bytes) -> None:
         if len(data) >= BLOCK:
             self.flush()
-            self._emit(data)
+            self._emit(bytes(data))
             return
-        self._pending += data
-        if len(self._pending) >= BLOCK:
-            self.flush()
+        if data:
+            self._pending.append(bytes(data))  # a copy only of what is not `bytes` already
+            self._size += len(data)
+            if self._size >= BLOCK:
+                self.flush()
 
     def flush(self) -> None:
         if self._pending:
-            block = bytes(self._pending)
-            self._pending.clear()
+            block = b"".join(self._pending)  # the one piece itself when there is one
+            self._pending, self._size = [], 0
             self._emit(block)
 
     def _emit(self, block: bytes) -> None:

@@ -1,0 +1,78 @@
+"""hypercorn's connection as the server runs it (garden/http/connection.py): closed as soon as
+its client has closed it, not after the keep-alive timeout (the descriptors `just load` found
+held at its end)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from garden.http import connection
+from tests.unit.fakes import serve_fakes
+
+CLOSE_WITHIN = 10.0  # seconds; the keep-alive timeout is 75 s (and set to 600 below)
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].rstrip("/"))
+
+
+async def _request_then_half_close(port: int, *, requests: int) -> bytes:
+    """`requests` keep-alive GET /ping on one connection, then the client's write side shut:
+    everything the server sent until it closed its side."""
+    sock = trio.socket.socket()
+    await sock.connect(("127.0.0.1", port))
+    with sock:
+        for _ in range(requests):
+            await sock.send(b"GET /ping HTTP/1.1\r\nhost: t\r\n\r\n")
+        got = b""
+        while got.count(b"HTTP/1.1 200") < requests:
+            got += await sock.recv(65536)
+        # The server is between requests now, its idle timer running (as for a client's pooled
+        # connection that it closes later): an EOF that came before, with the answer still
+        # going out, always closed the connection.
+        await trio.testing.wait_all_tasks_blocked()
+        sock.shutdown(socket.SHUT_WR)
+        with trio.fail_after(CLOSE_WITHIN):
+            while chunk := await sock.recv(65536):
+                got += chunk
+    return got
+
+
+@pytest.mark.parametrize("requests", [0, 1, 3])
+async def test_the_server_closes_a_connection_its_client_closed(
+    tmp_path: Path, nursery: trio.Nursery, requests: int
+) -> None:
+    # Before: the connection waited for its idle timer (--keep-alive-timeout) after the
+    # client's close, holding its descriptor: fail_after fires here.
+    url = await serve_fakes(nursery, tmp_path, keep_alive_timeout=600.0)
+    got = await _request_then_half_close(_port(url), requests=requests)
+    assert got.count(b"HTTP/1.1 200") == requests
+    nursery.cancel_scope.cancel()
+
+
+async def test_closed_connections_leave_no_descriptor(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    url = await serve_fakes(nursery, tmp_path, keep_alive_timeout=600.0)
+    await _request_then_half_close(_port(url), requests=1)  # warms up what stays open
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        await _request_then_half_close(_port(url), requests=1)
+    # The server closed each (the client saw EOF); its side of the socket is gone with it.
+    assert len(os.listdir("/proc/self/fd")) <= before
+    nursery.cancel_scope.cancel()
+
+
+def test_the_server_runs_hypercorn_connections_through_it() -> None:
+    from hypercorn.trio import run
+
+    from garden.http.tuning import tune_hypercorn
+
+    tune_hypercorn()
+    assert getattr(run, "TCPServer", None) is connection.GardenTCPServer
