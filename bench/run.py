@@ -280,6 +280,14 @@ async def files_rows(ctx: Context, ours: OursEngine) -> list[Row]:
     return rows
 
 
+def _server_runtime(state_dir: Path) -> str:
+    """The OCI runtime our server picked (recorded under its runtime root)."""
+    try:
+        return (state_dir / "runtime" / ".garden-runtime").read_text().strip() or "runc"
+    except OSError:
+        return "runc"
+
+
 async def run(args: argparse.Namespace) -> Results:
     options = options_from(args)
     wanted = [e for e in args.engines.split(",") if e and e != "garden"]
@@ -307,6 +315,7 @@ async def run(args: argparse.Namespace) -> Results:
             if args.server_arg:
                 results.notes.append(f"our server ran with {' '.join(args.server_arg)}")
             await ours.probe_network()
+            results.machine["garden runtime"] = _server_runtime(server.state_dir)
             results.engines = {n: e.version for n, e in engines.items()}
             results.engines.update({n: f"not measured: {why}" for n, why in skipped.items()})
             ctx = Context(options=options, work_dir=work, engines=engines, skipped=skipped)

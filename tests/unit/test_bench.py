@@ -123,6 +123,14 @@ def test_table_ratios_and_targets() -> None:
     assert checks["256 MiB stdout ≥ 3x Docker exec"].met is False
     net = checks["create + destroy with network ≤ 0.25x Docker"]
     assert net.met is None and "no networking" in net.detail
+
+
+def test_run_target_compares_with_the_runtime_our_server_uses() -> None:
+    results = Results(started="now", machine={"garden runtime": "crun"})
+    results.rows = [_row("run_true", 30.0, {"runc": 28.0, "crun": 10.0})]
+    checks = {t.what: t for t in targets.check(results, 50)}
+    target = checks["run `true` ≤ the runtime's own exec (crun) + 5 ms"]
+    assert target.met is False and "+20.0 ms" in target.detail
     assert "## Targets" in markdown(results)
 
 
