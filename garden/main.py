@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from garden import __version__, bounds
 from garden.actors.ports import ContainerFiles, ContainerKernel, Networker, ProcessKernel
 from garden.actors.supervisor import Supervisor
 from garden.config import MONITOR_SOCKET_ROOT, ConfigError, ServerConfig, group_id
-from garden.errors import CgroupError
+from garden.errors import KernelError
 from garden.events.journal import Journal
 from garden.events.schema import ServerStarted
 from garden.events.snapshot import SNAPSHOT_FILE, Restored, restore
@@ -190,7 +191,9 @@ async def serve(
             trash = await stack.enter_async_context(open_trash(config.state_path / "trash"))
             real = await build_kernel(config, trash=trash)
             stack.callback(real.images.registries.close)  # idle connections to registries
-            stack.push_async_callback(release_cgroup_parent, real, restored)
+            stack.push_async_callback(
+                release_when_empty, real.remove_cgroup_parent_if_empty, restored
+            )
             watcher = await stack.enter_async_context(open_log_watcher())
             kernel = real
             processes = LinuxProcesses(
@@ -202,6 +205,7 @@ async def serve(
             processes.sweep_socket_dir()
         if networker is None:
             networker = build_networker(config)
+            stack.push_async_callback(release_when_empty, networker.remove_all, restored)
         await _serve(
             config,
             restored,
@@ -216,17 +220,18 @@ async def serve(
         )
 
 
-async def release_cgroup_parent(kernel: LinuxContainers, restored: Restored) -> None:
-    """After a stop that leaves no container, remove the server's parent cgroups too (they
-    are made again by the next create). With containers left they stay, for those."""
+async def release_when_empty(release: Callable[[], Awaitable[object]], restored: Restored) -> None:
+    """After a stop that leaves no container, release what the server keeps for its containers
+    (its parent cgroups, its nft table); the next start makes them again. With containers left
+    they stay, for those."""
     if restored.state.containers:
         return
     with trio.CancelScope(shield=True) as scope:
         scope.deadline = trio.current_time() + SHUTDOWN_GRACE
         try:
-            await kernel.remove_cgroup_parent_if_empty()
-        except (CgroupError, OSError) as e:  # logged; the next start finds the parent again
-            log.warning("cgroup-parent-kept reason=%s", e)
+            await release()
+        except (KernelError, OSError) as e:  # logged; the next start finds them again
+            log.warning("release-at-stop-failed what=%s reason=%s", release.__qualname__, e)
 
 
 def socket_dir(config: ServerConfig) -> Path:

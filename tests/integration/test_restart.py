@@ -5,6 +5,7 @@ is finished, and what has no owner is swept."""
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -171,22 +172,34 @@ def test_processes_survive_a_server_crash(server_process: ServerProcess, state_d
     assert leftovers(sp.config) == []
 
 
-def test_clean_stop_with_no_containers_removes_the_parent_cgroups(
+def _has_table(tag: str) -> bool:
+    from garden.linux.net.nft import table_name
+
+    listed = subprocess.run(
+        ["nft", "list", "table", "ip", table_name(tag)], capture_output=True, check=False
+    )
+    return listed.returncode == 0
+
+
+def test_clean_stop_with_no_containers_removes_the_parent_cgroups_and_table(
     server_process: ServerProcess,
 ) -> None:
     """Regression: a server stopped with SIGTERM after its last destroy left its empty
-    per-tag parent cgroup in every hierarchy; one stopped with containers keeps it for them."""
+    per-tag parent cgroup in every hierarchy and its nft table; one stopped with containers
+    keeps both for them."""
     sp = server_process
     cg = detect()
     parent = sp.config.cgroup_parent
     sp.start()
     with httpx.Client(base_url=sp.url, timeout=30) as c:
         create(c, "stays")
-        assert cg.exists(parent)
+        assert cg.exists(parent) and _has_table(sp.tag)
     assert sp.kill(signal.SIGTERM) == 0
     assert cg.exists(parent), "the parent of a live container was removed"
+    assert _has_table(sp.tag), "the table of a live container was removed"
     sp.start()
     with httpx.Client(base_url=sp.url, timeout=30) as c:
         assert c.delete("/containers/stays").status_code == 200
     assert sp.kill(signal.SIGTERM) == 0
     assert not cg.exists(parent), f"{parent} left behind after a clean stop"
+    assert not _has_table(sp.tag), "the nft table left behind after a clean stop"
