@@ -9,6 +9,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,6 +22,22 @@ TOOLS = ("docker-registry", "skopeo")
 def missing_tool() -> str:
     """The first program a local registry needs that is not installed ('' when none)."""
     return next((t for t in TOOLS if shutil.which(t) is None), "")
+
+
+@contextmanager
+def running_registry(root: Path, login: tuple[str, str] | None = None) -> Iterator[Registry]:
+    """A started `Registry` under `root` for the block; the test is skipped (saying why) where
+    Debian's docker-registry or skopeo is missing."""
+    import pytest
+
+    if tool := missing_tool():
+        pytest.skip(f"needs {tool} (scripts/setup.sh installs Debian's {tool} package)")
+    reg = Registry(root, login=login)
+    reg.start()
+    try:
+        yield reg
+    finally:
+        reg.stop()
 
 
 def bcrypt(password: str) -> str:

@@ -21,7 +21,7 @@ import trio
 from tests.imagebuild import write_oci_layout
 from tests.integration.conftest import Server, ServerProcess, free_port, leftovers
 from tests.integration.test_images import SCRIPT, _events, create, sample_image, sh
-from tests.registry import Registry, missing_tool
+from tests.registry import Registry, running_registry
 
 pytestmark = pytest.mark.root
 
@@ -30,14 +30,8 @@ TIMEOUT = 2.0  # the server's --registry-timeout in these tests
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
-    if tool := missing_tool():
-        pytest.skip(f"needs {tool} (scripts/setup.sh installs Debian's {tool} package)")
-    reg = Registry(tmp_path)
-    reg.start()
-    try:
+    with running_registry(tmp_path) as reg:
         yield reg
-    finally:
-        reg.stop()
 
 
 @pytest.fixture

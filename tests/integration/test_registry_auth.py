@@ -15,7 +15,7 @@ import pytest
 from tests.integration.conftest import Server
 from tests.integration.test_images import create, sh
 from tests.integration.test_registry import TIMEOUT, push_sample
-from tests.registry import Registry, missing_tool
+from tests.registry import Registry, running_registry
 
 pytestmark = pytest.mark.root
 
@@ -34,15 +34,9 @@ def write_auths(path: Path, auths: dict[str, tuple[str, str]]) -> None:
 
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[Registry]:
-    if tool := missing_tool():
-        pytest.skip(f"needs {tool} (scripts/setup.sh installs Debian's {tool} package)")
     (tmp_path / "registry").mkdir()
-    reg = Registry(tmp_path / "registry", login=LOGIN)
-    reg.start()
-    try:
+    with running_registry(tmp_path / "registry", login=LOGIN) as reg:
         yield reg
-    finally:
-        reg.stop()
 
 
 @pytest.fixture
