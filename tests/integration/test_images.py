@@ -66,6 +66,19 @@ async def create(server: Server, **spec: Any) -> str:
     return str(r.json()["handle"])
 
 
+async def create_at_once(server: Server, rootfs: str, n: int) -> list[str]:
+    """Handles of `n` containers from `rootfs`, all created concurrently."""
+    handles: list[str] = []
+
+    async def one() -> None:
+        handles.append(await create(server, rootfs=rootfs))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(one)
+    return handles
+
+
 async def sh(server: Server, handle: str, script: str, **spec: Any) -> tuple[int, str]:
     payloads = await run(server, handle, {"path": "sh", "args": ["-c", script], **spec})
     return exit_status(payloads), output(payloads, "stdout").decode() + output(
@@ -194,15 +207,7 @@ async def _events(server: Server, kind: str) -> list[dict[str, Any]]:
 
 async def test_concurrent_creates_unpack_each_layer_once(server: Server, images_dir: Path) -> None:
     write_oci_layout(images_dir / "layout", {"v1": sample_image()})
-    uri = f"oci://{images_dir}/layout:v1"
-    handles: list[str] = []
-
-    async def one() -> None:
-        handles.append(await create(server, rootfs=uri))
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(20):
-            nursery.start_soon(one)
+    handles = await create_at_once(server, f"oci://{images_dir}/layout:v1", 20)
     assert len(handles) == 20
     unpacked = await _events(server, "LayerUnpacked")
     assert len(unpacked) == 2

@@ -20,7 +20,14 @@ import trio
 
 from tests.imagebuild import write_oci_layout
 from tests.integration.conftest import Server, ServerProcess, free_port, leftovers
-from tests.integration.test_images import SCRIPT, _events, create, sample_image, sh
+from tests.integration.test_images import (
+    SCRIPT,
+    _events,
+    create,
+    create_at_once,
+    sample_image,
+    sh,
+)
 from tests.registry import Registry, running_registry
 
 pytestmark = pytest.mark.root
@@ -130,15 +137,7 @@ async def test_concurrent_creates_pull_each_layer_once(
     server: Server, registry: Registry, tmp_path: Path
 ) -> None:
     await push_sample(registry, tmp_path, "test/many", marker="-many")
-    uri = f"docker://{registry.host}/test/many#v1"
-    handles: list[str] = []
-
-    async def one() -> None:
-        handles.append(await create(server, rootfs=uri))
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(10):
-            nursery.start_soon(one)
+    handles = await create_at_once(server, f"docker://{registry.host}/test/many#v1", 10)
     assert len(handles) == 10
     unpacked = await _events(server, "LayerUnpacked")
     assert len(unpacked) == 2
