@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import trio
+
+from tests.services import free_port, wait_answering
 
 TOOLS = ("docker-registry", "skopeo")
 
@@ -55,12 +56,6 @@ def bcrypt(password: str) -> str:
     return str(hashed.decode())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Registry:
     """A `docker-registry` on 127.0.0.1, its storage and its log in a temp dir."""
 
@@ -93,18 +88,10 @@ class Registry:
                 stdout=log,
                 stderr=log,
             )
-        with httpx.Client(base_url=f"http://{self.host}") as c:
-            for _ in range(400):
-                try:
-                    if c.get("/v2/").status_code in (200, 401):
-                        return
-                except httpx.TransportError:
-                    pass
-                if self.proc.poll() is not None:
-                    break
-                # Waiting for another process to bind its port: nothing to await but time.
-                time.sleep(0.025)
-        raise AssertionError(f"docker-registry did not start:\n{self.log.read_text()[-3000:]}")
+        wait_answering(
+            f"http://{self.host}/v2/", {200, 401}, self.proc, self.log, timeout=10.0,
+            what="docker-registry",
+        )  # fmt: skip
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

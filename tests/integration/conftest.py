@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from garden.linux.leftovers import nft_leftovers as nft_leftovers
 from garden.linux.net.netlink import list_links
 from garden.linux.runtime import crun_refuses_host
 from garden.main import serve
+from tests.services import free_port, wait_answering
 
 
 def needs_root() -> None:
@@ -191,12 +191,6 @@ async def server(
             await force_cleanup(config)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class ServerProcess:
     """`garden server` as a separate process, so a test can SIGKILL and restart it."""
 
@@ -243,18 +237,10 @@ class ServerProcess:
             self.proc = subprocess.Popen(
                 argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env
             )
-        with httpx.Client(base_url=self.url) as c:
-            for _ in range(int(self.start_timeout / 0.025)):
-                try:
-                    if c.get("/ping").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                if self.proc.poll() is not None:
-                    break
-                # Waiting for another process to bind its port: nothing to await but time.
-                time.sleep(0.025)
-        raise AssertionError(f"server did not start:\n{self.log.read_text()[-3000:]}")
+        wait_answering(
+            f"{self.url}/ping", {200}, self.proc, self.log, timeout=self.start_timeout,
+            what="server",
+        )  # fmt: skip
 
     def wait_crashed(self) -> int:
         assert self.proc is not None
