@@ -11,6 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 import trio
 
@@ -192,18 +193,22 @@ async def test_cli_token_file(tmp_path: Path, nursery: trio.Nursery) -> None:
     assert await trio.to_thread.run_sync(cli, "list") == 1  # 401 is an error from the server
 
 
+def _fake_server_config(tmp_path: Path, **flags: object) -> ServerConfig:
+    """A server on an ephemeral port over an empty rootfs dir (for the fake kernel)."""
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    return msgspec.structs.replace(
+        ServerConfig(
+            state_dir=str(tmp_path / "state"), default_rootfs=str(rootfs), bind_port=0, tag="gtest"
+        ),
+        **flags,
+    )
+
+
 async def test_sighup_rereads_the_token_file(tmp_path: Path, nursery: trio.Nursery) -> None:
     """A real server with its signal handling: SIGHUP swaps the token, SIGTERM stops it."""
     path = token_file(tmp_path, TOKEN)
-    rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    config = ServerConfig(
-        state_dir=str(tmp_path / "state"),
-        default_rootfs=str(rootfs),
-        bind_port=0,
-        tag="gtest",
-        auth_token_file=str(path),
-    )
+    config = _fake_server_config(tmp_path, auth_token_file=str(path))
     done = trio.Event()
 
     async def run(*, task_status: trio.TaskStatus[list[str]]) -> None:
@@ -251,16 +256,8 @@ async def test_bad_token_file_stops_the_start(tmp_path: Path) -> None:
 async def test_unix_socket_is_0660_with_its_group(tmp_path: Path, nursery: trio.Nursery) -> None:
     sock = tmp_path / "garden.sock"
     group = os.getgroups()[-1] if os.getgroups() else os.getgid()
-    rootfs = tmp_path / "rootfs"
-    rootfs.mkdir()
-    config = ServerConfig(
-        state_dir=str(tmp_path / "state"),
-        default_rootfs=str(rootfs),
-        bind_port=0,
-        bind_socket=str(sock),
-        bind_socket_group=str(group),
-        tag="gtest",
-        handle_signals=False,
+    config = _fake_server_config(
+        tmp_path, bind_socket=str(sock), bind_socket_group=str(group), handle_signals=False
     )
     await nursery.start(
         partial(
