@@ -235,7 +235,9 @@ class OursEngine(Engine):
         if host is not None and host.exists():
             inits = pids_in_cgroups(host)
         sockets = f"/run/garden-trio/{self.server.tag}"
+        state = str(self.server.state_dir)
         monitors = [p for p in pids_named("conmon") if sockets in cmdline(p)]
+        monitors += [p for p in pids_named("garden-monitor") if state in cmdline(p)]
         return Pids(daemons=[self.server.pid], monitors=monitors, inits=inits)
 
     async def cleanup(self) -> None:

@@ -55,6 +55,10 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # process writes itself plus an order index, or conmon's k8s-file log. TTYs and processes
     # started before a change keep theirs.
     process_output: Literal["passthrough", "k8s-file"] = "passthrough"
+    # Which monitor runs a batch process (passthrough output, no stdin, no TTY): our small
+    # garden-monitor (built by scripts/setup.sh), or conmon; "auto": garden-monitor when it is
+    # installed. Processes with stdin or a TTY always run under conmon.
+    process_monitor: Literal["auto", "garden-monitor", "conmon"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     # Prefix of every kernel resource this server makes (cgroup parent, later bridges, veths,

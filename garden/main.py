@@ -38,6 +38,7 @@ from garden.linux.images.auth import AuthFileError, RegistryAuth
 from garden.linux.images.registry import Registries, RegistryOptions
 from garden.linux.images.store import LayerStore
 from garden.linux.keys import ensure_key_quota
+from garden.linux.monitor import find_garden_monitor
 from garden.linux.net.networker import LinuxNetworker
 from garden.linux.output import open_log_watcher
 from garden.linux.processes import LinuxProcesses
@@ -201,6 +202,7 @@ async def serve(
                 socket_dir=socket_dir(config),
                 watcher=watcher,
                 log_format=config.process_output,
+                garden_monitor=choose_monitor(config.process_monitor),
             )
             processes.sweep_socket_dir()
         if networker is None:
@@ -232,6 +234,18 @@ async def release_when_empty(release: Callable[[], Awaitable[object]], restored:
             await release()
         except (KernelError, OSError) as e:  # logged; the next start finds them again
             log.warning("release-at-stop-failed what=%s reason=%s", release.__qualname__, e)
+
+
+def choose_monitor(kind: str) -> str | None:
+    """The garden-monitor binary batch processes run under, or None for conmon."""
+    if kind == "conmon":
+        return None
+    found = find_garden_monitor()
+    if found is None:
+        if kind == "garden-monitor":
+            raise ConfigError("--process-monitor garden-monitor: not installed (scripts/setup.sh)")
+        log.warning("garden-monitor-missing using=conmon hint=scripts/setup.sh builds it")
+    return found
 
 
 def socket_dir(config: ServerConfig) -> Path:

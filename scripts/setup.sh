@@ -2,6 +2,7 @@
 # Sets up everything garden-trio needs on a Debian/Ubuntu machine, as root:
 #   1. the Debian packages the server and its tests use,
 #   2. a virtualenv in <repo>/.venv with the project installed editable, with its dev tools,
+#      and garden-monitor (the small C monitor of batch processes) built into .venv/bin,
 #   3. the default rootfs (busybox) in /usr/local/lib/garden/rootfs,
 #   4. on a hybrid-cgroup host, unused cgroup2 controllers moved to v1 so that crun can run,
 #   5. a Debian minbase tarball of the host's release (mmdebstrap, once, ~75 s) that the image
@@ -31,7 +32,7 @@ readonly PACKAGES=(
   e2fsprogs util-linux              # loop-image disk limits (mkfs.ext4, losetup, mount)
   python3 python3-venv python3-dev  # the server itself
   git ca-certificates procps curl   # curl: the 1 GiB file test and bench/files_bench streams
-  gcc libc6-dev                     # tests: a static syscall probe run inside containers
+  gcc libc6-dev                     # garden-monitor (static), and the tests' syscall probe
 )
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -371,6 +372,8 @@ setup_minbase() {
 
 install_packages
 setup_venv
+log "garden-monitor: building $VENV_DIR/bin/garden-monitor"
+"$REPO_DIR/scripts/build-monitor" "$VENV_DIR/bin/garden-monitor"
 setup_rootfs
 free_cgroup2_controllers
 setup_minbase

@@ -2,10 +2,10 @@
 
 After every container of a server is destroyed, `leftovers()` must be empty: no link (veth,
 bridge, ifb; a link's tc qdiscs go with it) carrying the server's tag, no per-container state in
-its nftables table, no cgroup below its cgroup parent, no mount, loop device or conmon monitor
-of its state dir, no bundle, runtime state dir, trash entry or half-unpacked image in it. Each
-finding is one line saying what and where. Every function here blocks (netlink, /proc, `nft`):
-from trio, call `leftovers` in a worker thread.
+its nftables table, no cgroup below its cgroup parent, no mount, loop device or process monitor
+(conmon, garden-monitor) of its state dir, no bundle, runtime state dir, trash entry or
+half-unpacked image in it. Each finding is one line saying what and where. Every function here
+blocks (netlink, /proc, `nft`): from trio, call `leftovers` in a worker thread.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def _prefix(cidr: str) -> dict[str, object]:
 
 
 def monitors_of(state_dir: Path) -> list[int]:
-    """Pids of conmon processes whose bundle (`-b`) lies in `state_dir`."""
+    """Pids of the monitors whose process dir lies in `state_dir`: conmon's bundle (`-b`),
+    garden-monitor's first argument."""
     prefix = os.path.realpath(state_dir).rstrip("/") + "/"
     pids: list[int] = []
     for entry in os.scandir("/proc"):
@@ -65,7 +66,12 @@ def monitors_of(state_dir: Path) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue  # gone meanwhile, or a kernel thread
-        if not argv or os.path.basename(argv[0]) != b"conmon":
+        name = os.path.basename(argv[0]) if argv else b""
+        if name == b"garden-monitor" and len(argv) > 1:
+            if os.fsdecode(argv[1]).startswith(prefix):
+                pids.append(int(entry.name))
+            continue
+        if name != b"conmon":
             continue
         for flag, value in itertools.pairwise(argv):
             if flag == b"-b" and os.fsdecode(value).startswith(prefix):
@@ -97,7 +103,7 @@ def leftovers(
     own = Path(os.path.realpath(state_dir))  # the state dir may be a mount of its own
     found += [f"mount {m}" for m in mounts_under(state_dir) if m != own]
     found += [f"loop {dev} {file}" for dev, file in loop.backed_under(state_dir).items()]
-    found += [f"conmon pid {pid}" for pid in monitors_of(state_dir)]
+    found += [f"monitor pid {pid}" for pid in monitors_of(state_dir)]
     found += [f"dir containers/{d}" for d in _entries(state_dir / "containers")]
     runtime_root = state_dir / "runtime"
     found += [f"runtime {d}" for d in _entries(runtime_root) if (runtime_root / d).is_dir()]

@@ -131,7 +131,7 @@ class SpawnedProcess(msgspec.Struct, frozen=True, kw_only=True):
 
     container_id: str
     process_dir: str
-    socket_link: str  # <socket_dir>/<token>, conmon's symlink to process_dir
+    socket_link: str  # <socket_dir>/<token>, conmon's symlink to process_dir ("": none)
     pid: int  # host pid of the process
     pid_start_time: int | None  # None: it had already exited when we looked
     conmon_pid: int
@@ -142,6 +142,9 @@ class SpawnedProcess(msgspec.Struct, frozen=True, kw_only=True):
     # `stderr` plus the server's order index (garden.linux.passthrough). Processes recorded
     # before passthrough existed have no such field: they are k8s-file.
     log_format: Literal["k8s-file", "passthrough"] = "k8s-file"
+    # Which monitor runs it; `conmon_pid`/`conmon_start_time` are that monitor's, whichever it
+    # is (the names are from before garden-monitor). Processes recorded before it: conmon.
+    monitor: Literal["conmon", "garden-monitor"] = "conmon"
 
     @property
     def log_path(self) -> Path:

@@ -54,8 +54,11 @@ class LinuxProcesses:
         watcher: output.LogWatcher,
         log_format: monitor.LogFormat = "passthrough",
         output_cap: int = passthrough.DEFAULT_CAP,
+        garden_monitor: str | None = None,
     ) -> None:
+        """`garden_monitor`: the garden-monitor binary for batch processes (None: conmon)."""
         self.runtime = runtime
+        self.garden_monitor = garden_monitor
         self.socket_dir = socket_dir
         self.watcher = watcher
         self.log_format: monitor.LogFormat = log_format
@@ -113,6 +116,7 @@ class LinuxProcesses:
                 socket_dir=self.socket_dir,
                 stdin=spec.stdin or size is not None,
                 log_format=self.log_format,
+                garden_monitor=self.garden_monitor,
                 # Indexed from before the first byte, held for the running process.
                 before_start=lambda d: self._acquire(str(d), running=True, pin=True),
             )

@@ -8,6 +8,7 @@ import hashlib
 import json
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -308,3 +309,27 @@ async def test_websocket_terminal(server: Server) -> None:
     assert b"got:hello" in received
     assert b"size:30 100" in received
     assert exit_message == {"exit_status": 5}
+
+
+async def test_batch_processes_run_under_garden_monitor(server: Server) -> None:
+    """The default `--process-monitor auto` finds the garden-monitor setup built: a batch
+    process runs under it, one with stdin under conmon (ProcessStarted says which)."""
+    await create(server, "mon")
+    batch = await run(server, "mon", {"path": "sh", "args": ["-c", "echo hi"]})
+    assert exit_status(batch) == 0 and output(batch, "stdout") == b"hi\n"
+    spec = {"path": "cat", "stdin": True, "id": "withstdin"}
+    async with server.client.stream("POST", "/containers/mon/processes", json=spec) as r:
+        assert r.status_code == 200
+        lines = r.aiter_lines()
+        assert json.loads(await anext(lines)) == {"process_id": "withstdin"}
+        signal = await server.client.post(
+            "/containers/mon/processes/withstdin/signal", json={"signal": 9}
+        )
+        assert signal.status_code == 200, signal.text
+        assert [json.loads(line) async for line in lines if line][-1]["exit_status"] == 137
+    monitors = {}
+    for line in Path(server.config.state_dir, "events.log").read_text().splitlines():
+        event = json.loads(line.split(" ", 1)[1])["event"]
+        if event["type"] == "ProcessStarted":
+            monitors[event["process_id"]] = event["facts"]["monitor"]
+    assert monitors == {batch[0]["process_id"]: "garden-monitor", "withstdin": "conmon"}

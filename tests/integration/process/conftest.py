@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from garden.linux import output
+from garden.linux import monitor, output
 from garden.linux.proc import pid_start_time
 
 BUSYBOX = "/bin/busybox"
@@ -169,3 +169,14 @@ def container() -> Iterator[Container]:
 async def watcher() -> AsyncIterator[output.LogWatcher]:
     async with output.open_log_watcher() as w:
         yield w
+
+
+@pytest.fixture(params=["conmon", "garden-monitor"])
+def garden_monitor(request: pytest.FixtureRequest) -> str | None:
+    """The monitor of a batch process, each in turn: conmon (None) or garden-monitor (its path;
+    it fails, not skips, when it is not built, as scripts/setup.sh builds it)."""
+    if request.param == "conmon":
+        return None
+    exe = monitor.find_garden_monitor()
+    assert exe is not None, "garden-monitor is not built: run scripts/setup.sh"
+    return exe

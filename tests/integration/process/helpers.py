@@ -99,6 +99,7 @@ async def passthrough(
     *,
     cap: int = 16 << 20,
     pin: bool = True,
+    garden_monitor: str | None = None,
 ) -> AsyncIterator[tuple[SpawnedProcess, Indexed]]:
     indexed = Indexed(watcher, cap, pin)
     facts = await monitor.spawn(
@@ -109,6 +110,7 @@ async def passthrough(
         process=process_json(ctr, "sh", "-c", script),
         socket_dir=ctr.socket_dir,
         log_format="passthrough",
+        garden_monitor=garden_monitor,
         before_start=indexed.start,
     )
     try:

@@ -44,7 +44,7 @@ def joined(runs: list[tuple[str, bytes]], source: str) -> bytes:
 
 
 async def test_exact_bytes_and_streams_apart(
-    container: Container, watcher: output.LogWatcher
+    container: Container, watcher: output.LogWatcher, garden_monitor: str | None
 ) -> None:
     tmp = container.rootfs / "tmp"
     binary = os.urandom(5 * MiB)
@@ -53,7 +53,10 @@ async def test_exact_bytes_and_streams_apart(
     (tmp / "text").write_bytes(text)
     try:
         script = "cat /tmp/bin; cat /tmp/text >&2; exit 7"
-        async with passthrough(container, watcher, script) as (facts, indexed):
+        async with passthrough(container, watcher, script, garden_monitor=garden_monitor) as (
+            facts,
+            indexed,
+        ):
             assert indexed.index is not None
             runs = await read_all(watcher, indexed.index, facts)
             assert await monitor.wait_exit(facts) == 7
@@ -74,7 +77,7 @@ async def _until(condition: Any) -> None:
 
 
 async def test_order_index_live_and_across_a_restart(
-    container: Container, watcher: output.LogWatcher
+    container: Container, watcher: output.LogWatcher, garden_monitor: str | None
 ) -> None:
     """Each line is written once the previous one has reached a reader, so the true order is
     known; while the index is down (a server crash) the gap is "the stream being written,
@@ -88,7 +91,10 @@ async def test_order_index_live_and_across_a_restart(
         for s in steps
     )
     try:
-        async with passthrough(container, watcher, script) as (facts, indexed):
+        async with passthrough(container, watcher, script, garden_monitor=garden_monitor) as (
+            facts,
+            indexed,
+        ):
             pdir = Path(facts.process_dir)
             assert indexed.index is not None
             follow = watcher.follow_passthrough(indexed.index, facts.exit_path)
@@ -140,14 +146,16 @@ def _expected_seq(n: int) -> bytes:
 
 
 async def test_cap_frees_the_front_and_attach_replays_the_tail(
-    container: Container, watcher: output.LogWatcher
+    container: Container, watcher: output.LogWatcher, garden_monitor: str | None
 ) -> None:
     cap = 1 * MiB
     lines = 3_000_000  # ~21 MB of stdout
     full = _expected_seq(lines)
     script = f"seq 1 {lines}; echo end >&2"
     # Not pinned: no reader comes, the index frees the front while the process writes.
-    async with passthrough(container, watcher, script, cap=cap, pin=False) as (facts, indexed):
+    async with passthrough(
+        container, watcher, script, cap=cap, pin=False, garden_monitor=garden_monitor
+    ) as (facts, indexed):
         assert indexed.index is not None
         assert await monitor.wait_exit(facts) == 0
         index = indexed.index
@@ -166,13 +174,16 @@ async def test_cap_frees_the_front_and_attach_replays_the_tail(
 
 
 async def test_a_slow_reader_holds_the_front(
-    container: Container, watcher: output.LogWatcher
+    container: Container, watcher: output.LogWatcher, garden_monitor: str | None
 ) -> None:
     cap = 1 * MiB
     lines = 3_000_000
     full = _expected_seq(lines)
     script = f"seq 1 {lines}"
-    async with passthrough(container, watcher, script, cap=cap) as (facts, indexed):
+    async with passthrough(container, watcher, script, cap=cap, garden_monitor=garden_monitor) as (
+        facts,
+        indexed,
+    ):
         assert indexed.index is not None
         index = indexed.index
         follow = watcher.follow_passthrough(index, facts.exit_path, replay_bytes=None)

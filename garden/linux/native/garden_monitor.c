@@ -1,0 +1,195 @@
+/*
+ * garden-monitor: the monitor of one batch process (no stdin, no TTY) of garden-trio.
+ *
+ * It outlives the server, like conmon, but does only what a batch process needs: it runs the
+ * OCI runtime's `exec --detach`, becomes the parent of the process (child subreaper), reports
+ * the process's pid, waits for it and writes its exit status to a file. It is small and static
+ * so that starting it costs a fraction of conmon's start (no shared libraries to map, no glib,
+ * no double fork): docs/adr/garden-monitor.md.
+ *
+ * Usage (garden/linux/monitor.py starts it; nobody else should):
+ *
+ *     garden-monitor PROCESS_DIR EXIT_NAME RUNTIME [RUNTIME_ARG...]
+ *
+ *   fd 0          the process's stdin (the server gives /dev/null)
+ *   fd 1, fd 2    the process's stdout and stderr (the server gives the files `stdout` and
+ *                 `stderr` of PROCESS_DIR, opened O_APPEND); the runtime's own error
+ *                 messages land in stderr too, as they would with conmon's passthrough
+ *   fd 3          the write end of the sync pipe: one line, then closed:
+ *                   "P <pid>\n"     the process runs (or has run) as host pid <pid>
+ *                   "E <status>\n"  the runtime failed (its exit status, or 128+signal);
+ *                                   the reason is at the end of the `stderr` file
+ *                   "M <errno>\n"   the monitor itself failed (errno of what it tried)
+ *
+ * In PROCESS_DIR it writes `monitor.pid` (its own pid, before anything else) and, once the
+ * process has exited, `exit/EXIT_NAME` (temp file + rename): the exit status in decimal,
+ * 128+signal for a process killed by a signal. The runtime is expected to write the process's
+ * pid to PROCESS_DIR/pid (`--pid-file`). No exit file means the status is unknown.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+enum { SYNC_FD = 3 };
+
+static int sync_fd = SYNC_FD;
+
+static void tell(char kind, long value) {
+    char line[32];
+    int n = snprintf(line, sizeof line, "%c %ld\n", kind, value);
+    if (sync_fd >= 0) {
+        ssize_t ignored = write(sync_fd, line, (size_t)n); /* a gone reader: EPIPE, ignored */
+        (void)ignored;
+        close(sync_fd);
+        sync_fd = -1;
+    }
+}
+
+static long status_code(int status) {
+    if (WIFEXITED(status))
+        return WEXITSTATUS(status);
+    if (WIFSIGNALED(status))
+        return 128 + WTERMSIG(status);
+    return 255;
+}
+
+/* Write `text` to `name` in the current directory through a temp file and a rename. */
+static int write_file(const char *name, const char *text) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", name) >= (int)sizeof tmp)
+        return -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen(text);
+    ssize_t done = write(fd, text, len);
+    if (close(fd) != 0 || done != (ssize_t)len) {
+        unlink(tmp);
+        return -1;
+    }
+    return rename(tmp, name);
+}
+
+static long read_pid_file(const char *name) {
+    char buf[32] = {0};
+    int fd = open(name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    char *end = NULL;
+    long pid = strtol(buf, &end, 10);
+    return (end != buf && pid > 0) ? pid : -1;
+}
+
+/* In the runtime's child: every signal back to its default and unblocked, as a process
+ * started by a shell would find them (the server ignores SIGPIPE, which would be inherited;
+ * an ignored signal stays ignored across exec). The raw syscall, because glibc's sigaction()
+ * refuses its own real-time signals 32 and 33, which can arrive ignored too. */
+static void default_signals(void) {
+    struct {
+        void (*handler)(int);
+        unsigned long flags;
+        void (*restorer)(void);
+        unsigned long mask;
+    } dfl = {SIG_DFL, 0, NULL, 0};
+    for (int sig = 1; sig <= 64; sig++)
+        syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask); /* EINVAL: KILL, STOP */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) {
+        fprintf(stderr, "usage: garden-monitor PROCESS_DIR EXIT_NAME RUNTIME [ARG...]\n");
+        return 2;
+    }
+    const char *process_dir = argv[1];
+    const char *exit_name = argv[2];
+    if (strchr(exit_name, '/') != NULL || fcntl(SYNC_FD, F_SETFD, FD_CLOEXEC) != 0) {
+        fprintf(stderr, "garden-monitor: a plain EXIT_NAME and the sync pipe on fd 3\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (getsid(0) != getpid())
+        setsid(); /* no signals from the server's terminal or process group */
+    if (chdir(process_dir) != 0 || prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) {
+        tell('M', errno);
+        return 1;
+    }
+    char pid_text[32];
+    snprintf(pid_text, sizeof pid_text, "%ld", (long)getpid());
+    if (write_file("monitor.pid", pid_text) != 0) {
+        tell('M', errno);
+        return 1;
+    }
+
+    pid_t runtime = fork();
+    if (runtime < 0) {
+        tell('M', errno);
+        return 1;
+    }
+    if (runtime == 0) {
+        default_signals();
+        execv(argv[3], argv + 3);
+        dprintf(2, "garden-monitor: exec %s: %s\n", argv[3], strerror(errno));
+        _exit(127);
+    }
+    /* The process's files are the runtime's now; the monitor keeps none of them open. */
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(null, 2);
+        if (null > 2)
+            close(null);
+    }
+
+    int status = 0;
+    while (waitpid(runtime, &status, 0) < 0) {
+        if (errno != EINTR) {
+            tell('M', errno);
+            return 1;
+        }
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        tell('E', status_code(status));
+        return 1;
+    }
+    long pid = read_pid_file("pid");
+    if (pid <= 0) {
+        tell('M', ENOENT);
+        return 1;
+    }
+    tell('P', pid);
+
+    /* The runtime has gone: the process is our child now (subreaper), and so is whatever of
+     * the runtime's was still around. Reap them all until the process itself. */
+    for (;;) {
+        pid_t got = waitpid(-1, &status, 0);
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            return 1; /* not our child after all: no exit file, the status is unknown */
+        }
+        if (got == pid)
+            break;
+    }
+    char code[16], path[4096];
+    snprintf(code, sizeof code, "%ld", status_code(status));
+    if (snprintf(path, sizeof path, "exit/%s", exit_name) >= (int)sizeof path)
+        return 1;
+    return write_file(path, code) == 0 ? 0 : 1;
+}

@@ -1,0 +1,154 @@
+"""garden-monitor on real processes: exit statuses, the signal state a process starts with,
+runtime failures, and that no monitor, zombie or process dir is left behind (a failed or
+cancelled spawn, a process nobody recorded, an exit seen by `wait_exit`)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from garden.errors import ExecutableNotFoundError
+from garden.linux import monitor
+from garden.linux.leftovers import monitors_of
+from garden.linux.plan import SpawnedProcess
+from garden.linux.proc import pid_start_time
+from tests.integration.process.conftest import RUNC, Container
+from tests.integration.process.helpers import process_json
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def exe() -> str:
+    found = monitor.find_garden_monitor()
+    assert found is not None, "garden-monitor is not built: run scripts/setup.sh"
+    return found
+
+
+async def spawn(ctr: Container, exe: str, process: dict[str, Any], pdir: Path) -> SpawnedProcess:
+    return await monitor.spawn(
+        runtime=RUNC,
+        runtime_root=ctr.runtime_root,
+        container_id=ctr.id,
+        process_dir=pdir,
+        process=process,
+        socket_dir=ctr.socket_dir,
+        log_format="passthrough",
+        garden_monitor=exe,
+    )
+
+
+def children_named(name: bytes) -> list[int]:
+    """Our own child processes (zombies included) whose command is `name`."""
+    found = []
+    for task in os.listdir("/proc/self/task"):
+        kids = Path(f"/proc/self/task/{task}/children").read_text().split()
+        for kid in kids:
+            try:
+                comm = Path(f"/proc/{kid}/comm").read_bytes().strip()
+            except FileNotFoundError:
+                continue
+            if comm == name:
+                found.append(int(kid))
+    return found
+
+
+async def run_script(ctr: Container, exe: str, script: str) -> tuple[SpawnedProcess, int, bytes]:
+    pdir = ctr.processes / uuid.uuid4().hex
+    facts = await spawn(ctr, exe, process_json(ctr, "sh", "-c", script), pdir)
+    try:
+        status = await monitor.wait_exit(facts)
+        out = (pdir / monitor.STDOUT).read_bytes()
+    finally:
+        await monitor.cleanup(facts)
+    return facts, status, out
+
+
+@pytest.mark.parametrize(
+    ("script", "want"),
+    [("exit 0", 0), ("exit 7", 7), ("kill -KILL $$", 137), ("kill -TERM $$", 143)],
+)
+async def test_exit_status_and_monitor_reaped(
+    container: Container, exe: str, script: str, want: int
+) -> None:
+    facts, status, _ = await run_script(container, exe, script)
+    assert (facts.monitor, facts.socket_link, facts.log_format) == (
+        "garden-monitor",
+        "",
+        "passthrough",
+    )
+    assert status == want
+    # wait_exit collected it: no zombie of it stays under the server.
+    assert pid_start_time(facts.conmon_pid) is None
+    assert facts.conmon_pid not in children_named(b"garden-monitor")
+    assert not Path(facts.process_dir).exists()
+
+
+async def test_process_starts_with_default_signals(container: Container, exe: str) -> None:
+    """The server ignores SIGPIPE; its processes must not inherit that (nor a blocked mask)."""
+    # (`; true`: sh does not exec grep then, so grep is the process's child as a job's is)
+    script = "grep -E '^Sig(Ign|Blk)' /proc/self/status; true"
+    _, status, out = await run_script(container, exe, script)
+    assert status == 0
+    assert out.split() == [b"SigBlk:", b"0" * 16, b"SigIgn:", b"0" * 16]
+
+
+async def test_missing_executable_leaves_nothing(container: Container, exe: str) -> None:
+    pdir = container.processes / uuid.uuid4().hex
+    process = process_json(container, "sh")
+    process["args"] = ["/no/such/program"]
+    with pytest.raises(ExecutableNotFoundError, match="/no/such/program"):
+        await spawn(container, exe, process, pdir)
+    assert not pdir.exists()
+    assert children_named(b"garden-monitor") == []
+
+
+async def test_runtime_failure_is_an_error(container: Container, exe: str) -> None:
+    pdir = container.processes / uuid.uuid4().hex
+    with pytest.raises(monitor.RuntimeFailedError):
+        await monitor.spawn(
+            runtime=RUNC,
+            runtime_root=container.runtime_root,
+            container_id="gtest-no-such-container",
+            process_dir=pdir,
+            process=process_json(container, "true"),
+            socket_dir=container.socket_dir,
+            log_format="passthrough",
+            garden_monitor=exe,
+        )
+    assert not pdir.exists()
+    assert children_named(b"garden-monitor") == []
+
+
+async def test_cancelled_spawn_leaves_nothing(container: Container, exe: str) -> None:
+    pdir = container.processes / uuid.uuid4().hex
+    with trio.CancelScope() as scope:
+        scope.cancel()  # pending from the start: the spawn runs shielded, then undoes itself
+        await spawn(container, exe, process_json(container, "sleep", "60"), pdir)
+    assert scope.cancelled_caught
+    assert not pdir.exists()
+    assert children_named(b"garden-monitor") == []
+    assert monitors_of(container.processes) == []
+
+
+async def test_unrecorded_process_is_killed_by_its_files(container: Container, exe: str) -> None:
+    """A crash between the spawn and its event: the start-up sweep finds the monitor by
+    `monitor.pid` and the process by `pid`, and kills both."""
+    pdir = container.processes / uuid.uuid4().hex
+    facts = await spawn(container, exe, process_json(container, "sleep", "60"), pdir)
+    try:
+        assert monitors_of(container.processes) == [facts.conmon_pid]
+        assert int((pdir / "monitor.pid").read_text()) == facts.conmon_pid
+        monitor.kill_unrecorded(pdir)
+        assert pid_start_time(facts.conmon_pid) is None  # killed and reaped
+        with trio.fail_after(10):
+            while monitor.signal(facts, 0):
+                await trio.sleep(0.01)  # the container's init reaps the process
+    finally:
+        await monitor.cleanup(facts)
+    assert monitors_of(container.processes) == []
