@@ -111,6 +111,17 @@ static void default_signals(void) {
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
+/* Close every fd above the sync pipe: what the server did not mark close-on-exec (hypercorn
+ * makes its listening sockets inheritable) must not stay open in a monitor that outlives it,
+ * where a listening socket would keep the next server off its port. */
+static void close_others(void) {
+    if (syscall(SYS_close_range, SYNC_FD + 1, ~0U, 0) == 0)
+        return;
+    long max = sysconf(_SC_OPEN_MAX);
+    for (long fd = SYNC_FD + 1; fd < (max > 0 ? max : 1024); fd++)
+        close((int)fd);
+}
+
 int main(int argc, char **argv) {
     if (argc < 4) {
         fprintf(stderr, "usage: garden-monitor PROCESS_DIR EXIT_NAME RUNTIME [ARG...]\n");
@@ -122,6 +133,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "garden-monitor: a plain EXIT_NAME and the sync pipe on fd 3\n");
         return 2;
     }
+    close_others();
     signal(SIGPIPE, SIG_IGN);
     if (getsid(0) != getpid())
         setsid(); /* no signals from the server's terminal or process group */

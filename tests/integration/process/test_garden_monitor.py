@@ -5,6 +5,7 @@ cancelled spawn, a process nobody recorded, an exit seen by `wait_exit`)."""
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,22 @@ async def test_unrecorded_process_is_killed_by_its_files(container: Container, e
     finally:
         await monitor.cleanup(facts)
     assert monitors_of(container.processes) == []
+
+
+async def test_monitor_keeps_no_inherited_fd(container: Container, exe: str) -> None:
+    """Regression: hypercorn's listening sockets are inheritable, and a monitor that kept one
+    open kept a restarted server off its port ("Address already in use")."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.set_inheritable(True)
+    pdir = container.processes / uuid.uuid4().hex
+    try:
+        facts = await spawn(container, exe, process_json(container, "sleep", "60"), pdir)
+        try:
+            fds = sorted(int(fd) for fd in os.listdir(f"/proc/{facts.conmon_pid}/fd"))
+            assert fds == [0, 1, 2]  # /dev/null: the process's files are the runtime's
+        finally:
+            await monitor.cleanup(facts)
+    finally:
+        listener.close()
