@@ -82,7 +82,7 @@ def instrument(timings: Timings) -> None:
     for owner, name, label in steps:
         setattr(owner, name, _timed(timings, label, getattr(owner, name)))
     process_spec.prepare_process = _timed_sync(
-        timings, "run: prepare process.json (thread)", process_spec.prepare_process
+        timings, "run: prepare process.json", process_spec.prepare_process
     )
     sync_steps = [
         (monitor, "_prepare_dirs", "run: process dir + process.json written"),

@@ -1,5 +1,6 @@
 """hypercorn's per-connection server (`hypercorn.trio.tcp_server.TCPServer`), closing a
-connection as soon as its client has; installed by `garden.http.tuning.tune_hypercorn`.
+connection as soon as its client has and writing a response's head and its first body bytes
+in one send; installed by `garden.http.tuning.tune_hypercorn`.
 
 hypercorn keeps a connection whose client closed it between two requests (its socket in
 CLOSE_WAIT, or dead after a reset) until its keep-alive timer fires, 75 s by default
@@ -8,17 +9,57 @@ CLOSE_WAIT, or dead after a reset) until its keep-alive timer fires, 75 s by def
 that opens and closes connections quickly could run the server out of them. Once the read side
 has ended, nothing can come any more: the idle timer ends at once and the connection closes as
 soon as its request, if one is running, is answered.
+
+One send per response, not two: hypercorn writes a response's head as soon as the app starts
+the response and its body in a second write. Each write to a loopback or LAN client wakes the
+client once, and on this VM a wake-up costs more than the rest of a small request (`GET /ping`
+3.4 ms with two writes, see docs/performance.md). So a final head (status >= 200) is held and
+goes out with the next write: the first body bytes, or the end of a body-less response. A
+streamed response whose first bytes are late gets its head after `HEAD_HOLD` at the latest.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
+import trio
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.tcp_server import TCPServer
+
+HEAD_HOLD: Final = 0.002  # s: the longest a response head waits for its first body bytes
+
+
+def _final_head(data: bytes) -> bool:
+    """A response head (status line to the blank line) of a final, not a 1xx, status."""
+    return data.startswith(b"HTTP/1.1 ") and data[9:10] != b"1" and data.endswith(b"\r\n\r\n")
 
 
 class GardenTCPServer(TCPServer):
-    """hypercorn's connection, not outliving its peer's close by the keep-alive timeout."""
+    """hypercorn's connection, not outliving its peer's close by the keep-alive timeout, and
+    writing each response's head with its first body bytes."""
 
     _read_ended = False
+    _held = b""
+
+    async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, RawData):
+            if self._held:
+                event = RawData(data=self._held + event.data)
+                self._held = b""
+            elif _final_head(event.data):
+                self._held = event.data
+                self._task_group.spawn(self._send_held_head, event.data)
+                await trio.lowlevel.checkpoint()
+                return
+        elif isinstance(event, Closed) and self._held:
+            await self.protocol_send(RawData(data=b""))  # the head first, if it can still go
+        await super().protocol_send(event)
+
+    async def _send_held_head(self, head: bytes) -> None:
+        """The head alone, if its body has not started within `HEAD_HOLD`."""
+        await trio.sleep(HEAD_HOLD)
+        if self._held is head:
+            await self.protocol_send(RawData(data=b""))
 
     async def _read_data(self) -> None:
         try:
