@@ -211,14 +211,16 @@ class OursEngine(Engine):
         response = await conn.request("POST", f"/containers/{id}/processes?encoding=base64", body)
         if response.status != 200:
             raise RuntimeError(f"run {argv}: {response.status} {await response.read()!r}")
-        total, status = 0, None
+        total, status, seconds = 0, None, 0.0
         async for raw in response.lines():
             line = _decode_line(raw)
             if line.exit_status is not None:
+                # The clock stops at the exit status (the bar: "from request to exit_status"),
+                # not at the end of the chunked body that follows it.
+                seconds = time.perf_counter() - started
                 status = line.exit_status
             elif line.source == "stdout":
                 total += len(b64decode(line.data))
-        seconds = time.perf_counter() - started
         await self.pool.release(conn)
         if status is None:
             raise RuntimeError(f"run {argv}: the stream ended without an exit status")
