@@ -12,6 +12,7 @@ from typing import final
 import trio
 
 RECV_SIZE = 1 << 20
+BUFFER_SIZE = 4 << 20  # a whole NDJSON line of 1 MiB of output (1.4 MB of base64) and more
 
 
 class HttpError(Exception):
@@ -20,46 +21,84 @@ class HttpError(Exception):
 
 @final
 class _Reader:
+    """Received bytes in one buffer that is reused: `recv_into` its free end; when that is
+    short, the unread bytes `buf[start:end]` move to its front (a memmove: no allocation, so no
+    page faults); a larger buffer only for a piece longer than it holds. Pieces are handed out
+    as (start, stop) offsets into `buf`, valid until the next read."""
+
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.buf = b""
-        self.pos = 0
+        self.socket = getattr(stream, "socket", None)  # a SocketStream: receive into the buffer
+        self.buf = bytearray(BUFFER_SIZE)
+        self.mv = memoryview(self.buf)
+        self.start = 0
+        self.end = 0
 
-    async def _more(self) -> bool:
-        data = bytes(await self.stream.receive_some(RECV_SIZE))
-        if not data:
-            return False
-        self.buf = self.buf[self.pos :] + data if self.pos < len(self.buf) else data
-        self.pos = 0
-        return True
+    def _room(self, want: int) -> None:
+        """At least `want` free bytes after the unread ones."""
+        if len(self.buf) - self.end >= want:
+            return
+        unread = self.end - self.start
+        if unread + want > len(self.buf):
+            size = len(self.buf)
+            while unread + want > size:
+                size *= 2
+            buf = bytearray(size)
+            buf[:unread] = self.mv[self.start : self.end]
+            self.buf, self.mv = buf, memoryview(buf)
+        elif unread:
+            self.mv[:unread] = self.mv[self.start : self.end]  # overlapping: memmove
+        self.start, self.end = 0, unread
+
+    async def _more(self, want: int = RECV_SIZE) -> bool:
+        """Receive what has come (at least one byte, or False at the end of the stream), with
+        room for `want` bytes at least."""
+        self._room(want)
+        free = self.mv[self.end :]
+        if self.socket is not None:
+            n: int = await self.socket.recv_into(free)
+        else:
+            data = await self.stream.receive_some(len(free))
+            n = len(data)
+            free[:n] = data
+        self.end += n
+        return n > 0
+
+    async def fill(self, n: int) -> int:
+        """At least `n` unread bytes, contiguous in `buf`; returns where they start."""
+        while self.end - self.start < n:
+            if not await self._more(min(RECV_SIZE, n - (self.end - self.start))):
+                raise HttpError(f"connection closed with {n - self.end + self.start} bytes missing")
+        return self.start
 
     async def line(self) -> bytes:
         """Up to CRLF (not included)."""
+        searched = 0  # unread bytes known to hold no CRLF
         while True:
-            end = self.buf.find(b"\r\n", self.pos)
+            end = self.buf.find(b"\r\n", self.start + searched, self.end)
             if end >= 0:
-                out = self.buf[self.pos : end]
-                self.pos = end + 2
+                out = bytes(self.mv[self.start : end])
+                self.start = end + 2
                 return out
+            searched = max(0, self.end - self.start - 1)
             if not await self._more():
                 raise HttpError("connection closed in the middle of a line")
 
-    async def exactly(self, n: int) -> AsyncIterator[bytes]:
-        """`n` bytes, as the pieces that arrive."""
+    async def exactly(self, n: int) -> AsyncIterator[tuple[int, int]]:
+        """`n` bytes as the pieces that arrive: offsets into `buf`, valid until the next."""
         while n > 0:
-            if self.pos >= len(self.buf) and not await self._more():
+            if self.start >= self.end and not await self._more():
                 raise HttpError(f"connection closed with {n} body bytes missing")
-            piece = self.buf[self.pos : self.pos + n]
-            self.pos += len(piece)
-            n -= len(piece)
-            yield piece
+            start = self.start
+            self.start = min(self.end, start + n)
+            n -= self.start - start
+            yield start, self.start
 
-    async def until_eof(self) -> AsyncIterator[bytes]:
+    async def until_eof(self) -> AsyncIterator[tuple[int, int]]:
         while True:
-            if self.pos < len(self.buf):
-                piece = self.buf[self.pos :]
-                self.pos = len(self.buf)
-                yield piece
+            if self.start < self.end:
+                start, self.start = self.start, self.end
+                yield start, self.end
             if not await self._more():
                 return
 
@@ -73,60 +112,89 @@ class Response:
         self._method = method
         self._consumed = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body, dechunked, as it arrives. Reading it to the end frees the connection."""
+    def _body_kind(self) -> str:
         if self._consumed:
             raise HttpError("body already read")
         self._consumed = True
-        reader = self._conn._reader
         if self._method == "HEAD" or self.status in (204, 304) or 100 <= self.status < 200:
-            return
+            return "none"
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            while True:
-                size = int((await reader.line()).split(b";", 1)[0], 16)
-                if size == 0:
-                    while await reader.line():  # trailers
-                        pass
-                    return
-                async for piece in reader.exactly(size):
-                    yield piece
-                if await reader.line() != b"":
-                    raise HttpError("bad chunk terminator")
-        elif "content-length" in self.headers:
+            return "chunked"
+        if "content-length" in self.headers:
+            return "length"
+        self._conn.reusable = False
+        return "eof"
+
+    async def _chunk_size(self) -> int:
+        """The next chunk's size; 0 (and the trailers read) at the end of the body."""
+        reader = self._conn._reader
+        size = int((await reader.line()).split(b";", 1)[0], 16)
+        if size == 0:
+            while await reader.line():  # trailers
+                pass
+        return size
+
+    async def _chunk_end(self) -> None:
+        if await self._conn._reader.line() != b"":
+            raise HttpError("bad chunk terminator")
+
+    async def _pieces(self, whole_chunks: bool) -> AsyncIterator[tuple[int, int]]:
+        """The body, dechunked, as offsets into the connection's buffer, each valid until the
+        next; with `whole_chunks`, each HTTP chunk in one piece."""
+        reader = self._conn._reader
+        kind = self._body_kind()
+        if kind == "chunked":
+            while size := await self._chunk_size():
+                if whole_chunks:
+                    start = await reader.fill(size)
+                    reader.start += size
+                    yield start, start + size
+                else:
+                    async for piece in reader.exactly(size):
+                        yield piece
+                await self._chunk_end()
+        elif kind == "length":
             async for piece in reader.exactly(int(self.headers["content-length"])):
                 yield piece
-        else:
-            self._conn.reusable = False
+        elif kind == "eof":
             async for piece in reader.until_eof():
                 yield piece
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body, dechunked, as it arrives. Reading it to the end frees the connection."""
+        async for start, stop in self._pieces(whole_chunks=False):
+            yield bytes(self._conn._reader.mv[start:stop])
 
     async def read(self) -> bytes:
         return b"".join([piece async for piece in self.chunks()])
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        """The body split at newlines (NDJSON), without the newline."""
-        pending: list[bytes] = []
-        async for piece in self.chunks():
-            start = 0
-            while (nl := piece.find(b"\n", start)) >= 0:
+    async def lines(self) -> AsyncIterator[bytes | memoryview]:
+        """The body split at newlines (NDJSON), without the newline, each valid until the next
+        is asked for (copy one to keep it). A line inside one HTTP chunk (the server sends one
+        line a chunk) is a view into the receive buffer, not a copy."""
+        reader = self._conn._reader
+        pending = bytearray()  # the start of a line that goes on in the next piece
+        async for pos, stop in self._pieces(whole_chunks=True):
+            buf, mv = reader.buf, reader.mv
+            while (nl := buf.find(b"\n", pos, stop)) >= 0:
                 if pending:
-                    pending.append(piece[start:nl])
-                    yield b"".join(pending)
-                    pending = []
+                    pending += mv[pos:nl]
+                    yield bytes(pending)
+                    pending.clear()
                 else:
-                    yield piece[start:nl]
-                start = nl + 1
-            if start < len(piece):
-                pending.append(piece[start:])
+                    yield mv[pos:nl]
+                pos = nl + 1
+            pending += mv[pos:stop]
         if pending:
-            yield b"".join(pending)
+            yield bytes(pending)
 
     async def raw(self) -> AsyncIterator[bytes]:
         """Everything the server sends after the headers, until it closes (hijacked stream)."""
         self._consumed = True
         self._conn.reusable = False
-        async for piece in self._conn._reader.until_eof():
-            yield piece
+        reader = self._conn._reader
+        async for start, stop in reader.until_eof():
+            yield bytes(reader.mv[start:stop])
 
 
 @final

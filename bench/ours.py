@@ -22,6 +22,7 @@ from pybase64 import b64decode
 from bench.engine import Engine, Executed, Pids
 from bench.http import Connection, HttpError, Pool
 from bench.memory import cmdline, pids_in_cgroups, pids_named
+from garden.client.streams import base64_output
 from garden.config import ServerConfig
 
 # A create body: the server gives every container an address from its pool (API.md: `network`
@@ -213,6 +214,11 @@ class OursEngine(Engine):
             raise RuntimeError(f"run {argv}: {response.status} {await response.read()!r}")
         total, status, seconds = 0, None, 0.0
         async for raw in response.lines():
+            # what garden.client does: output lines decoded straight from the receive buffer
+            if (out := base64_output(raw)) is not None:
+                if out.source == "stdout":
+                    total += len(out.data)
+                continue
             line = _decode_line(raw)
             if line.exit_status is not None:
                 # The clock stops at the exit status (the bar: "from request to exit_status"),

@@ -12,6 +12,7 @@ import trio.testing
 
 from bench import targets
 from bench.docker import _count_stdout
+from bench import http as bench_http
 from bench.http import Connection
 from bench.restart import phases, synthesize
 from bench.results import Cell, Results, Row, markdown, markdown_table
@@ -80,6 +81,31 @@ async def test_http_chunked_body_and_ndjson_lines() -> None:
     assert conn.reusable
     status, rest = await conn.call("DELETE", "/y")
     assert (status, rest) == (204, b"")
+
+
+async def test_http_lines_exact_across_chunks_and_a_growing_buffer() -> None:
+    # Lines split across HTTP chunks anywhere, one longer than the receive buffer (it grows),
+    # several in one chunk; and the views handed out read right while they are current.
+    big = bytes(range(256)).replace(b"\n", b"") * (bench_http.BUFFER_SIZE // 200)
+    body = b"a\n" + big + b"\nbb\nccc\n" + b"d" * 5000 + b"\n" + b"tail"
+    cuts = [0, 1, 3, 10, len(big) // 2, len(big) + 3, len(big) + 12, len(body)]
+    chunked = b"".join(
+        b"%x\r\n" % (b - a) + body[a:b] + b"\r\n" for a, b in zip(cuts, cuts[1:], strict=False)
+    )
+    conn = await _serve_bytes(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n"
+    )
+    response = await conn.request("GET", "/x")
+    got = [bytes(line) async for line in response.lines()]
+    assert got == body.split(b"\n")
+    assert conn.reusable
+
+
+async def test_http_lines_of_a_content_length_body() -> None:
+    body = b"one\ntwo\n" + b"x" * 3_000_000 + b"\nlast"
+    conn = await _serve_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    response = await conn.request("GET", "/x")
+    assert [bytes(line) async for line in response.lines()] == body.split(b"\n")
 
 
 async def test_http_content_length_and_close() -> None:

@@ -12,6 +12,7 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
 from pybase64 import b64decode, b64encode
 
+from garden.client.streams import Output, base64_output
 from garden.errors import InvalidRequestError
 from garden.http.streaming import _Data, _encode
 from garden.linux.tar_reader import FileSource, TarReader
@@ -82,3 +83,36 @@ def test_base64_stream_lines_carry_the_exact_bytes(data: bytes, source: str, pid
     decoded = json.loads(line)
     assert decoded["process_id"] == pid and decoded["source"] == source
     assert b64decode(decoded["data"]) == data
+    # ... and the clients' fast path reads them back without JSON-decoding the data
+    assert base64_output(line[:-1]) == Output(source, data)  # type: ignore[arg-type]
+    assert base64_output(memoryview(line)[:-1]) == Output(source, data)  # type: ignore[arg-type]
+
+
+keys = st.sampled_from(["process_id", "source", "data", "exit_status", 'data"', "x"])
+
+
+@FUZZ
+@given(
+    st.dictionaries(
+        keys,
+        st.one_of(st.binary(max_size=64).map(lambda b: b64encode(b).decode()), names,
+                  st.sampled_from(["stdout", "stderr", '"data":"', "A/+="]), st.integers(0, 9)),
+        max_size=5,
+    ),
+    st.sampled_from([(",", ":"), (", ", ": ")]),
+    st.booleans(),
+)  # fmt: skip
+def test_the_base64_fast_path_agrees_with_json_or_declines(
+    payload: dict[str, object], separators: tuple[str, str], escape_slash: bool
+) -> None:
+    # Any JSON object at all (any key order, spacing, escapes, other keys): the fast path
+    # either gives what decoding the JSON gives, or None (and the client decodes the JSON).
+    line = json.dumps(payload, separators=separators).encode()
+    if escape_slash:
+        line = line.replace(b"/", b"\\/")
+    out = base64_output(line)
+    if out is None:
+        return
+    decoded = json.loads(line)
+    assert decoded["source"] in ("stdout", "stderr") and "exit_status" not in decoded
+    assert (out.source, out.data) == (decoded["source"], b64decode(decoded["data"], validate=True))
