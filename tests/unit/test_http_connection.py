@@ -141,3 +141,51 @@ async def test_an_interim_head_is_not_held(nursery: trio.Nursery) -> None:
     interim = b"HTTP/1.1 100 \r\n\r\n"
     await server.protocol_send(RawData(data=interim))
     assert stream.writes == [interim]
+
+
+def _congestion_control(sock: socket.socket) -> bytes:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0")
+
+
+def _server_side(client: trio.socket.SocketType) -> socket.socket:
+    """The server's end of `client`'s connection: the socket in this process whose local
+    address is the client's peer and whose peer is the client."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:
+            continue
+        try:
+            if sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM:
+                ends = (sock.getsockname(), sock.getpeername())
+                if ends == (client.getpeername(), client.getsockname()):
+                    return sock
+        except OSError:
+            pass
+        sock.close()
+    raise AssertionError("the server's end of the connection was not found")
+
+
+async def test_a_loopback_connection_sends_with_reno(tmp_path: Path, nursery: trio.Nursery) -> None:
+    url = await serve_fakes(nursery, tmp_path)
+    client = trio.socket.socket()
+    await client.connect(("127.0.0.1", _port(url)))
+    with client:
+        await client.send(b"GET /ping HTTP/1.1\r\nhost: t\r\n\r\n")
+        assert b"200" in await client.recv(65536)  # the connection is being served
+        with _server_side(client) as server_end:
+            assert _congestion_control(server_end) == connection.LOOPBACK_CONGESTION_CONTROL
+    nursery.cancel_scope.cancel()
+
+
+def test_only_loopback_peers_are_tuned() -> None:
+    assert connection.is_loopback("127.0.0.1")
+    assert connection.is_loopback("127.3.2.1")
+    assert connection.is_loopback("::1")
+    assert connection.is_loopback("::ffff:127.0.0.1")
+    assert not connection.is_loopback("10.0.0.1")
+    assert not connection.is_loopback("::ffff:10.0.0.1")
+    assert not connection.is_loopback("fe80::1%eth0")
+    assert not connection.is_loopback("not an address")
+    with socket.socket(socket.AF_UNIX) as unix:
+        assert not connection.tune_socket(unix)
