@@ -20,7 +20,9 @@ from garden.client.target import Target
 from garden.errors import ServerUnreachableError, UnexpectedResponseError
 
 MAX_HEAD = 64 * 1024
-READ_SIZE = 256 * 1024
+READ_MIN = 64 * 1024  # room made for each receive at least
+BUFFER_SIZE = 256 * 1024  # to start with; it grows to hold the longest NDJSON line
+WHOLE_CHUNK_MAX = 64 << 20  # lines of a chunk up to this size are cut from it in place
 
 Body = bytes | Iterable[bytes] | None
 
@@ -75,56 +77,77 @@ class Connection:
         self.target = target
         self.timeout = timeout
         self.sock = connect(target, timeout)
-        self._buf = bytearray()
+        # Received bytes: one buffer, reused (recv_into its free end; unread bytes
+        # `_buf[_start:_end]` moved to its front when the end is reached), grown only for a
+        # piece longer than it holds: a 1.4 MB NDJSON line of process output is copied once,
+        # without new allocations (and page faults) per read.
+        self._buf = bytearray(BUFFER_SIZE)
+        self._mv = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
         self.used = False
         self.closed = False
 
     # --- reading ---
 
-    def _fill(self) -> bool:
-        """Read more bytes into the buffer; False at the end of the stream."""
+    def _room(self, want: int) -> None:
+        """At least `want` free bytes after the unread ones, and at least READ_MIN: the
+        unread bytes moved to the front if that makes the room, else a larger buffer."""
+        want = max(want, READ_MIN)
+        if len(self._buf) - self._end >= want:
+            return
+        unread = self._end - self._start
+        if unread + want > len(self._buf):
+            size = len(self._buf)
+            while unread + want > size:
+                size *= 2
+            buf = bytearray(size)
+            buf[:unread] = self._mv[self._start : self._end]
+            self._buf, self._mv = buf, memoryview(buf)
+        elif unread:
+            self._mv[:unread] = self._mv[self._start : self._end]  # overlapping: memmove
+        self._start, self._end = 0, unread
+
+    def _fill(self, want: int = 0) -> bool:
+        """Receive what has come into the buffer, with room for `want` bytes made first;
+        False at the end of the stream."""
+        self._room(want)
         try:
-            data = self.sock.recv(READ_SIZE)
+            n = self.sock.recv_into(self._mv[self._end :])
         except TimeoutError as exc:
             raise ServerUnreachableError(f"{self.target}: no answer in {self.timeout} s") from exc
         except OSError as exc:
             raise ServerUnreachableError(f"{self.target}: connection broke: {exc}") from exc
-        if not data:
-            return False
-        self._buf += data
-        return True
+        self._end += n
+        return n > 0
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self._mv[self._start : self._start + n])
+        self._start += n
+        return out
 
     def _read_until(self, marker: bytes, limit: int) -> bytes | None:
         """Bytes up to and including `marker`, or None if the stream ended first."""
-        start = 0
+        searched = 0  # unread bytes known not to hold the marker
         while True:
-            at = self._buf.find(marker, start)
+            at = self._buf.find(marker, self._start + searched, self._end)
             if at >= 0:
-                end = at + len(marker)
-                out = bytes(self._buf[:end])
-                del self._buf[:end]
-                return out
-            if len(self._buf) > limit:
+                return self._take(at + len(marker) - self._start)
+            if self._end - self._start > limit:
                 raise UnexpectedResponseError(f"{self.target}: header line too long")
-            start = max(0, len(self._buf) - len(marker) + 1)
+            searched = max(0, self._end - self._start - len(marker) + 1)
             if not self._fill():
                 return None
 
     def _read_exact(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            if not self._fill():
-                raise ServerUnreachableError(f"{self.target}: connection closed mid-body")
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+        self._wait_for(n)
+        return self._take(n)
 
-    def _read_some(self, most: int) -> bytes:
-        """At least one byte (unless the stream ended: then b""), at most `most`."""
-        if not self._buf and not self._fill():
-            return b""
-        out = bytes(self._buf[:most])
-        del self._buf[:most]
-        return out
+    def _wait_for(self, n: int) -> None:
+        """At least `n` unread bytes in the buffer."""
+        while self._end - self._start < n:
+            if not self._fill(n - (self._end - self._start)):
+                raise ServerUnreachableError(f"{self.target}: connection closed mid-body")
 
     # --- writing ---
 
@@ -191,6 +214,33 @@ class Connection:
     def body_chunks(self, headers: dict[str, str], keep_alive: bool) -> Iterator[bytes]:
         """The body as it arrives. Leaves the connection reusable when it ran to the end and
         `keep_alive` holds."""
+        for start, stop in self._body_pieces(headers, keep_alive, whole_chunks=False):
+            yield bytes(self._mv[start:stop])
+
+    def body_lines(self, headers: dict[str, str], keep_alive: bool) -> Iterator[bytes]:
+        """The body split at newlines, without them; a last line without one is yielded too.
+        A line inside one HTTP chunk (the server sends one NDJSON line a chunk) is copied out
+        of the buffer once."""
+        pending = bytearray()  # the start of a line that goes on in the next piece
+        for pos, stop in self._body_pieces(headers, keep_alive, whole_chunks=True):
+            buf, mv = self._buf, self._mv
+            while (nl := buf.find(b"\n", pos, stop)) >= 0:
+                if pending:
+                    pending += mv[pos:nl]
+                    yield bytes(pending)
+                    pending.clear()
+                else:
+                    yield bytes(mv[pos:nl])
+                pos = nl + 1
+            pending += mv[pos:stop]
+        if pending:
+            yield bytes(pending)
+
+    def _body_pieces(
+        self, headers: dict[str, str], keep_alive: bool, *, whole_chunks: bool
+    ) -> Iterator[tuple[int, int]]:
+        """The body as (start, stop) offsets into the buffer, each valid until the next; with
+        `whole_chunks`, an HTTP chunk of up to WHOLE_CHUNK_MAX bytes in one piece."""
         if headers.get(":no-body"):
             pass
         elif "chunked" in headers.get("transfer-encoding", "").lower():
@@ -206,34 +256,36 @@ class Connection:
                     while (trailer := self._read_until(b"\r\n", MAX_HEAD)) not in (b"\r\n", None):
                         del trailer
                     break
-                left = size
-                while left:
-                    data = self._read_some(left)
-                    if not data:
-                        raise ServerUnreachableError(f"{self.target}: connection closed mid-body")
-                    left -= len(data)
-                    yield data
+                if whole_chunks and size <= WHOLE_CHUNK_MAX:
+                    self._wait_for(size)
+                    self._start += size
+                    yield self._start - size, self._start
+                else:
+                    yield from self._pieces_of(size)
                 self._read_exact(2)
         elif "content-length" in headers:
-            left = int(headers["content-length"])
-            while left:
-                data = self._read_some(min(left, READ_SIZE))
-                if not data:
-                    raise ServerUnreachableError(f"{self.target}: connection closed mid-body")
-                left -= len(data)
-                yield data
+            yield from self._pieces_of(int(headers["content-length"]))
         else:
             keep_alive = False
-            while data := self._read_some(READ_SIZE):
-                yield data
+            while self._start < self._end or self._fill():
+                start, self._start = self._start, self._end
+                yield start, self._end
         if not keep_alive:
             self.close()
 
+    def _pieces_of(self, n: int) -> Iterator[tuple[int, int]]:
+        """The next `n` bytes as they arrive."""
+        while n:
+            if self._start == self._end and not self._fill():
+                raise ServerUnreachableError(f"{self.target}: connection closed mid-body")
+            start = self._start
+            self._start = min(self._end, start + n)
+            n -= self._start - start
+            yield start, self._start
+
     def take_buffer(self) -> bytes:
         """Bytes read past the head (e.g. the first WebSocket frames after a 101)."""
-        out = bytes(self._buf)
-        self._buf.clear()
-        return out
+        return self._take(self._end - self._start)
 
     def close(self) -> None:
         if not self.closed:
@@ -253,27 +305,23 @@ class Response:
         self.headers = headers
         self._pool = pool
         self._conn = conn
-        self._chunks = conn.body_chunks(headers, keep)
+        self._keep = keep
         self._done = False
 
     def iter_bytes(self) -> Iterator[bytes]:
+        yield from self._body(self._conn.body_chunks(self.headers, self._keep))
+
+    def iter_lines(self) -> Iterator[bytes]:
+        """Lines without their newline; a last line without one is yielded too."""
+        yield from self._body(self._conn.body_lines(self.headers, self._keep))
+
+    def _body(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
         try:
-            yield from self._chunks
+            yield from pieces
         except BaseException:
             self.close()
             raise
         self._finish()
-
-    def iter_lines(self) -> Iterator[bytes]:
-        """Lines without their newline; a last line without one is yielded too."""
-        pending = b""
-        for chunk in self.iter_bytes():
-            pending += chunk
-            if b"\n" in pending:
-                *lines, pending = pending.split(b"\n")
-                yield from lines
-        if pending:
-            yield pending
 
     def read(self) -> bytes:
         return b"".join(self.iter_bytes())

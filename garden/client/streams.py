@@ -61,12 +61,13 @@ def base64_output(line: Line) -> Output | None:
     the JSON before it parsed alone. None for any other line (no data, another layout): decode
     that with `decode_line`. For large output this is most of the client's work (measured in
     docs/performance.md: ~8x less CPU than `str` + a2b_base64)."""
-    key = bytes(line[:_HEAD_MAX]).find(_DATA_KEY)
-    if key < 0 or line[-2:] != _LINE_END:
+    view = memoryview(line)  # slices of it are not copies
+    key = bytes(view[:_HEAD_MAX]).find(_DATA_KEY)
+    if key < 0 or view[-2:] != _LINE_END:
         return None
     try:
-        head = _payload.decode(bytes(line[:key]) + b'"data":""}')
-        data = _b64decode(line[key + len(_DATA_KEY) : -2])
+        head = _payload.decode(bytes(view[:key]) + b'"data":""}')
+        data = _b64decode(view[key + len(_DATA_KEY) : -2])
     except (ValueError, msgspec.DecodeError):  # binascii.Error is a ValueError
         return None
     if head.source is None or head.exit_status is not None:
@@ -129,7 +130,16 @@ class StreamState:
             return None
         return p
 
-    def output(self, payload: ProcessPayload) -> Output:
+    def on_output_line(self, line: bytes) -> ProcessPayload | Output | None:
+        """`on_line`, except that a base64 output line comes as its `Output`, decoded without
+        the JSON decoder (`base64_output`): what `outputs()` and `result()` read."""
+        if self.base64 and self.process_id and (out := base64_output(line)) is not None:
+            return out
+        return self.on_line(line)
+
+    def output(self, payload: ProcessPayload | Output) -> Output:
+        if isinstance(payload, Output):
+            return payload
         assert payload.source is not None
         return Output(payload.source, payload_bytes(payload, self.base64))
 

@@ -343,12 +343,18 @@ class ProcessStream:
         return self._state.exit_status
 
     def __iter__(self) -> Iterator[ProcessPayload]:
+        for p in self._follow(as_output=False):
+            assert not isinstance(p, Output)
+            yield p
+
+    def _follow(self, *, as_output: bool) -> Iterator[ProcessPayload | Output]:
+        on_line = self._state.on_output_line if as_output else self._state.on_line
         try:
             yield from self._first
             self._first.clear()
             if self._state.exit_status is None:
                 for line in self._lines:
-                    if (p := self._state.on_line(line)) is not None:
+                    if (p := on_line(line)) is not None:
                         yield p
                     if self._state.exit_status is not None:
                         break
@@ -361,7 +367,8 @@ class ProcessStream:
             self._resp.close()
 
     def outputs(self) -> Iterator[Output]:
-        for p in self:
+        """The output as exact bytes (base64 lines decoded straight from the line)."""
+        for p in self._follow(as_output=True):
             yield self._state.output(p)
 
     def wait(self) -> int:

@@ -3,6 +3,7 @@ client's body framing, the results table and targets, and the synthetic event lo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,9 +11,9 @@ import pytest
 import trio
 import trio.testing
 
+from bench import http as bench_http
 from bench import targets
 from bench.docker import _count_stdout
-from bench import http as bench_http
 from bench.http import Connection
 from bench.restart import phases, synthesize
 from bench.results import Cell, Results, Row, markdown, markdown_table
@@ -90,7 +91,7 @@ async def test_http_lines_exact_across_chunks_and_a_growing_buffer() -> None:
     body = b"a\n" + big + b"\nbb\nccc\n" + b"d" * 5000 + b"\n" + b"tail"
     cuts = [0, 1, 3, 10, len(big) // 2, len(big) + 3, len(big) + 12, len(body)]
     chunked = b"".join(
-        b"%x\r\n" % (b - a) + body[a:b] + b"\r\n" for a, b in zip(cuts, cuts[1:], strict=False)
+        b"%x\r\n" % (b - a) + body[a:b] + b"\r\n" for a, b in itertools.pairwise(cuts)
     )
     conn = await _serve_bytes(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n"

@@ -14,16 +14,30 @@ from garden.api import (
     MemoryLimits,
     NetOutRule,
     PidLimits,
+    ProcessPayload,
     ProcessSpec,
     TtySize,
 )
-from garden.client import AsyncClient, Client
+from garden.client import AsyncClient, Client, streams
 from garden.client.terminal import TerminalClosed, TerminalExited, TerminalNotice, TerminalOutput
 from garden.events.schema import ContainerCreated
 from tests.unit.client.both import open_client
 from tests.unit.servers import Real
 
 KINDS = ["sync", "async"]
+
+
+@pytest.fixture
+def base64_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Output of a base64 stream read with `outputs()`/`result()` must come through
+    `base64_output` (decoded straight from the line), never the JSON decoder's `str`."""
+    slow = streams.payload_bytes
+
+    def only_text(payload: ProcessPayload, base64: bool) -> bytes:
+        assert not base64, "a base64 output line went through the JSON decoder"
+        return slow(payload, base64)
+
+    monkeypatch.setattr(streams, "payload_bytes", only_text)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -83,6 +97,7 @@ async def test_unreachable_server(kind: str) -> None:
             await c.ping()
 
 
+@pytest.mark.usefixtures("base64_fast_path")
 async def test_sync_run_streams_exact_bytes_and_exit_status(real: Real) -> None:
     def scenario() -> None:
         with Client(real.url) as c:
@@ -121,6 +136,7 @@ async def test_sync_signal_ends_a_process(real: Real) -> None:
     await trio.to_thread.run_sync(scenario)
 
 
+@pytest.mark.usefixtures("base64_fast_path")
 async def test_async_run_attach_and_signal(real: Real) -> None:
     async with AsyncClient(real.url) as c:
         await c.create(ContainerSpec(handle="c"))

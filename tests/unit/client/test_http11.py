@@ -3,6 +3,7 @@ bytes each test gives: body framings, interim answers, keep-alive and its failur
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from garden.client import http11
 from garden.client.http11 import Pool
 from garden.client.target import Target
 from garden.errors import ServerUnreachableError, UnexpectedResponseError
@@ -100,6 +102,32 @@ def test_interim_answers_are_skipped_and_lines_split() -> None:
         resp = Pool(target, timeout=5).request("POST", "/x", [], b"{}")
         assert resp.status == 200
         assert list(resp.iter_lines()) == [b"one", b"two", b"end"]
+
+
+def _chunked(body: bytes, cuts: list[int]) -> bytes:
+    bounds = [0, *cuts, len(body)]
+    return b"".join(
+        b"%x\r\n" % (b - a) + body[a:b] + b"\r\n" for a, b in itertools.pairwise(bounds)
+    )
+
+
+def test_lines_exact_across_chunks_and_a_growing_buffer() -> None:
+    # A line longer than the receive buffer (it grows), lines split across chunks anywhere,
+    # several in one chunk, then the same body with a Content-Length; then the connection is
+    # reused, so the buffer's bookkeeping ended where the body did.
+    big = bytes(range(256)).replace(b"\n", b"") * (3 * http11.BUFFER_SIZE // 255)
+    body = b"a\n" + big + b"\nbb\nccc\n" + b"d" * 5000 + b"\n" + b"tail"
+    cuts = [1, 3, 10, len(big) // 2, len(big) + 3, len(big) + 12]
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + _chunked(body, cuts)
+    sized = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    ping = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    seen: list[bytes] = []
+    with raw_server(answer(chunked + b"0\r\n\r\n", sized, ping, record=seen)) as target:
+        pool = Pool(target, timeout=5)
+        assert list(pool.request("GET", "/a", []).iter_lines()) == body.split(b"\n")
+        assert list(pool.request("GET", "/b", []).iter_lines()) == body.split(b"\n")
+        assert pool.request("GET", "/c", []).read() == b"ok"
+    assert len(seen) == 3  # one connection
 
 
 def test_a_stale_kept_alive_connection_is_retried_once() -> None:
