@@ -25,6 +25,14 @@ woken by a pacing timer. Reno does not pace: 256 MiB of process output through o
 cost the server 0.28 s of CPU instead of 0.45 s and the client 0.18 s instead of 0.30 s
 (docs/performance.md). A loopback "network" is memory, with no congestion to control; other
 peers keep the host's choice.
+
+And a large piece of a response body goes out without being copied into its HTTP chunk:
+hypercorn asks h11 for the bytes of each body piece, which h11 makes by joining the chunk
+header, the data and the CRLF (a copy of every byte of a streamed response, 1.4 MB per NDJSON
+line of process output). `send_h11_event`, installed on hypercorn's HTTP/1.1 protocol by
+`tune_hypercorn`, takes the pieces instead (`send_with_data_passthrough`) for data of at least
+GATHER_MIN bytes, and `GardenTCPServer` sends them with one `sendmsg`: ~9% less server CPU
+for a large stream. Smaller pieces go as before (one send either way).
 """
 
 from __future__ import annotations
@@ -32,16 +40,19 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from typing import Any, Final
+from typing import Any, Final, cast
 
+import h11
 import trio
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
 log = logging.getLogger("garden.http")
 
 HEAD_HOLD: Final = 0.002  # s: the longest a response head waits for its first body bytes
 LOOPBACK_CONGESTION_CONTROL: Final = b"reno"  # built into every kernel, allowed to anyone
+GATHER_MIN: Final = 64 * 1024  # body pieces this large are sent without joining their framing
 
 
 def _final_head(data: bytes) -> bool:
@@ -76,25 +87,39 @@ def tune_socket(sock: Any) -> bool:
 
 
 class GardenTCPServer(TCPServer):
-    """hypercorn's connection, not outliving its peer's close by the keep-alive timeout, and
-    writing each response's head with its first body bytes."""
+    """hypercorn's connection, not outliving its peer's close by the keep-alive timeout,
+    writing each response's head with its first body bytes, and a large body piece with its
+    chunk framing in one `sendmsg`."""
 
     _read_ended = False
     _held = b""
 
     async def protocol_send(self, event: Event) -> None:
         if isinstance(event, RawData):
+            gathered = isinstance(event.data, Gathered)
             if self._held:
-                event = RawData(data=self._held + event.data)
-                self._held = b""
-            elif _final_head(event.data):
+                held, self._held = self._held, b""
+                data = Gathered((held, *event.data)) if gathered else held + event.data
+                event = RawData(data=cast(bytes, data))
+            elif not gathered and _final_head(event.data):
                 self._held = event.data
                 self._task_group.spawn(self._send_held_head, event.data)
                 await trio.lowlevel.checkpoint()
                 return
+            if gathered:
+                await self._send_gathered(cast(Gathered, event.data))
+                return
         elif isinstance(event, Closed) and self._held:
             await self.protocol_send(RawData(data=b""))  # the head first, if it can still go
         await super().protocol_send(event)
+
+    async def _send_gathered(self, parts: Gathered) -> None:
+        async with self.send_lock:  # as hypercorn's own RawData branch
+            try:
+                with trio.CancelScope(shield=True):
+                    await send_gathered(self.stream, parts)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
 
     async def _send_held_head(self, head: bytes) -> None:
         """The head alone, if its body has not started within `HEAD_HOLD`."""
@@ -119,3 +144,59 @@ class GardenTCPServer(TCPServer):
     async def _idle_timeout(self) -> None:
         if not self._read_ended:  # else let the connection close now
             await super()._idle_timeout()
+
+
+class Gathered(tuple[bytes, ...]):
+    """The pieces of one write (h11's chunk framing around a body piece), sent together."""
+
+    __slots__ = ()
+
+
+async def send_gathered(stream: trio.abc.SendStream, parts: Gathered) -> None:
+    """All of `parts`, in order, with `sendmsg` (a partial send goes on where it stopped); a
+    stream without a socket (TLS) gets them joined."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        await stream.send_all(b"".join(parts))
+        return
+    views = [memoryview(part) for part in parts if part]
+    first = 0
+    while first < len(views):
+        try:
+            sent: int = await sock.sendmsg(views[first : first + _IOV_MAX])
+        except OSError as e:
+            raise trio.BrokenResourceError(f"send failed: {e}") from e
+        while sent:
+            if sent >= len(views[first]):
+                sent -= len(views[first])
+                first += 1
+            else:
+                views[first] = views[first][sent:]
+                sent = 0
+
+
+_IOV_MAX = 1024
+
+
+_send_h11_event_joined = H11Protocol._send_h11_event
+
+
+async def send_h11_event(self: H11Protocol, event: Any) -> None:
+    """hypercorn's `H11Protocol._send_h11_event`, except that a body piece of at least
+    GATHER_MIN bytes is handed on as its `Gathered` pieces instead of joined (module doc)."""
+    conn = self.connection
+    if (
+        type(event) is not h11.Data
+        or len(event.data) < GATHER_MIN
+        or type(conn) is not h11.Connection
+    ):
+        await _send_h11_event_joined(self, event)
+        return
+    try:
+        parts = conn.send_with_data_passthrough(event)
+    except h11.LocalProtocolError:  # as hypercorn does
+        if conn.their_state != h11.ERROR:
+            raise
+    else:
+        if parts is not None:  # (None only for ConnectionClosed)
+            await self.send(RawData(data=cast(bytes, Gathered(parts))))

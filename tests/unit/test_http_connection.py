@@ -135,6 +135,18 @@ async def test_a_head_without_prompt_body_goes_out_after_the_hold(
     assert stream.writes == [HEAD, b"late"]
 
 
+async def test_a_held_head_goes_out_with_a_gathered_first_body_piece(
+    nursery: trio.Nursery,
+) -> None:
+    server, stream = _server(nursery)
+    await server.protocol_send(RawData(data=HEAD))
+    parts = connection.Gathered((b"2\r\n", b"{}", b"\r\n"))
+    await server.protocol_send(RawData(data=parts))  # type: ignore[arg-type]
+    assert stream.writes == [HEAD + b"2\r\n{}\r\n"]  # one write (joined: no socket here)
+    await server.protocol_send(RawData(data=parts))  # type: ignore[arg-type]
+    assert stream.writes[1:] == [b"2\r\n{}\r\n"]
+
+
 async def test_an_interim_head_is_not_held(nursery: trio.Nursery) -> None:
     """100 Continue must reach the client before it sends the body the final answer needs."""
     server, stream = _server(nursery)
@@ -189,3 +201,65 @@ def test_only_loopback_peers_are_tuned() -> None:
     assert not connection.is_loopback("not an address")
     with socket.socket(socket.AF_UNIX) as unix:
         assert not connection.tune_socket(unix)
+
+
+async def test_gathered_pieces_arrive_whole_and_in_order_across_partial_sends() -> None:
+    a, b = trio.socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # many partial sends
+    parts = [b"155596\r\n", os.urandom(3 << 20), b"", b"\r\n", os.urandom(70_000)]
+    got = bytearray()
+
+    async def receive() -> None:
+        while len(got) < sum(map(len, parts)):
+            got.extend(await b.recv(65536))
+
+    with a, b, trio.fail_after(CLOSE_WITHIN):  # a lost piece: the receiver waits forever
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await connection.send_gathered(trio.SocketStream(a), connection.Gathered(parts))
+    assert got == b"".join(parts)
+
+
+async def test_a_large_stream_goes_out_gathered_and_exact(
+    tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Process output in pieces above GATHER_MIN leaves the server as gathered writes (h11's
+    # framing not joined to the data), and the client reads the exact bytes.
+    from garden.api import ContainerSpec, ProcessSpec
+    from garden.client import AsyncClient
+    from tests.unit.fakes import FakeChunk, FakeProcesses
+
+    sent: list[int] = []
+    send = connection.send_gathered
+
+    async def counting(stream: trio.abc.SendStream, parts: connection.Gathered) -> None:
+        sent.append(sum(map(len, parts)))
+        await send(stream, parts)
+
+    monkeypatch.setattr(connection, "send_gathered", counting)
+    processes = FakeProcesses()
+    big = [os.urandom(1 << 20), os.urandom(3 << 20), os.urandom(100_000)]
+    spawn = processes.spawn
+
+    async def spawn_big(*args: object, **kwargs: object) -> object:
+        facts = await spawn(*args, **kwargs)  # type: ignore[arg-type]
+        processes.outputs[facts.process_dir] = [
+            FakeChunk("stdout", big[0]),
+            FakeChunk("stderr", b"small"),
+            FakeChunk("stdout", big[1]),
+            FakeChunk("stderr", big[2]),
+        ]
+        processes.finish(facts, 3)
+        return facts
+
+    setattr(processes, "spawn", spawn_big)  # noqa: B010 (a method of a final class)
+    url = await serve_fakes(nursery, tmp_path, processes=processes)
+    async with AsyncClient(url) as c:
+        await c.create(ContainerSpec(handle="big"))
+        stream = await c.run("big", ProcessSpec(path="cat"), base64=True)
+        result = await stream.result()
+    assert result.exit_status == 3
+    assert result.stdout == big[0] + big[1]
+    assert result.stderr == b"small" + big[2]
+    assert len(sent) == 3  # the three large lines; the small ones went as before
+    nursery.cancel_scope.cancel()
