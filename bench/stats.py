@@ -46,6 +46,14 @@ def rotation(names: Sequence[str], round_no: int) -> list[str]:
     return [*names[k:], *names[:k]]
 
 
+def describe(exc: BaseException) -> str:
+    """An error for the table: a group of them says how many and what the first one was."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        text += f"; the first: {describe(exc.exceptions[0])}"
+    return text
+
+
 async def interleave(
     ops: dict[str, Op], *, rounds: int, warmup: int
 ) -> tuple[dict[str, list[Parts]], dict[str, str]]:
@@ -58,7 +66,7 @@ async def interleave(
             try:
                 parts = await ops[name]()
             except Exception as exc:
-                failed[name] = f"{type(exc).__name__}: {exc}"[:500]
+                failed[name] = describe(exc)[:500]
                 continue
             if round_no >= warmup:
                 samples[name].append(parts)

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from bench import http as bench_http
-from bench import targets
+from bench import stats, targets
 from bench.docker import _count_stdout
 from bench.http import Connection
 from bench.restart import phases, synthesize
@@ -228,3 +228,12 @@ async def test_files_hook_turns_files_bench_results_into_rows(
         ("stream_out", 900.0),
     ]
     assert rows[0].cells["garden"].extra == {"server CPU s/GiB": 1.5}
+
+
+def test_a_failed_group_names_its_first_error() -> None:
+    """200 concurrent runs failing said only "(200 sub-exceptions)" in a table once."""
+    group = ExceptionGroup("runs", [RuntimeError("run ['sleep', '1']: 503 b'no fds'"), OSError()])
+    text = stats.describe(group)
+    assert text.startswith("ExceptionGroup: runs (2 sub-exceptions); the first: RuntimeError")
+    assert "503 b'no fds'" in text
+    assert stats.describe(ValueError("x")) == "ValueError: x"
