@@ -6,7 +6,7 @@ with the churn of ~1 MiB streaming buffers (RSS +1.4 MiB/min at 20 clients even 
 and a trim every 30 s, `garden/malloc.py`); jemalloc's size classes and its decay of unused
 dirty pages, run by a background thread, keep RSS to what is in use without trims.
 
-The re-exec happens before anything heavy is imported (`garden/cli/server.py`), keeps the pid
+The re-exec happens before anything heavy is imported (`garden/cli/__init__.py`), keeps the pid
 (systemd's `Type=exec`, the tests' `server_process`, `just load` see one process), and is done
 at most once (`_MARK`). The re-executed server puts `LD_PRELOAD` and `MALLOC_CONF` back as they
 were, so the processes it starts (runtimes, monitors, nft, mkfs) do not inherit them. When the
@@ -19,7 +19,7 @@ import ctypes
 import logging
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Final, Literal
 
 log = logging.getLogger("garden.allocator")
@@ -33,9 +33,12 @@ JEMALLOC_GLOBS: Final = (
     "/usr/lib/libjemalloc.so.2",
     "/usr/local/lib/libjemalloc.so.2",
 )
-# background_thread: dirty pages are purged after their decay time (10 s by default) by
-# jemalloc's own thread, also when the server is idle (without it only an allocation does).
-JEMALLOC_CONF: Final = "background_thread:true"
+# background_thread: unused dirty pages are purged by jemalloc's own thread, also when the
+# server is idle (without it only an allocation does); after 1 s unused (dirty_decay_ms, 10 s by
+# default: ~20 MiB more at the peak of `just load`), in one arena (narenas, 8 per core by
+# default, each holding dirty pages of its own: ~25 MiB more). Measured in
+# docs/performance.md#memory-under-load-jemalloc.
+JEMALLOC_CONF: Final = "background_thread:true,narenas:1,dirty_decay_ms:1000"
 _MARK: Final = "GARDEN_MALLOC_REEXEC"  # set for the re-exec: what to put back, as JSON
 _RESTORED: Final = ("LD_PRELOAD", "MALLOC_CONF")
 
@@ -68,6 +71,30 @@ def jemalloc_version() -> str:
     if mallctl(b"version", ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
         return ""
     return (value.value or b"").decode(errors="replace")
+
+
+JEMALLOC_STATS: Final = ("allocated", "active", "resident", "mapped", "retained")
+
+
+def jemalloc_stats() -> dict[str, int]:
+    """jemalloc's totals in bytes (empty when it is not this process's malloc): `allocated` by
+    the program, `active` in the pages that hold it, `resident` (all of jemalloc's pages in
+    RAM, its metadata and unpurged dirty pages included), `mapped`, and `retained` (address
+    space kept for reuse, not in RAM)."""
+    try:
+        mallctl = ctypes.CDLL(None).mallctl
+    except (OSError, AttributeError):
+        return {}
+    epoch = ctypes.c_uint64(1)
+    size = ctypes.c_size_t(ctypes.sizeof(epoch))
+    mallctl(b"epoch", ctypes.byref(epoch), ctypes.byref(size), ctypes.byref(epoch), size)
+    out: dict[str, int] = {}
+    for name in JEMALLOC_STATS:
+        value, size = ctypes.c_size_t(), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
+        if mallctl(f"stats.{name}".encode(), ctypes.byref(value), ctypes.byref(size), None, 0):
+            return {}  # built without statistics
+        out[name] = value.value
+    return out
 
 
 def reexec_env(environ: dict[str, str], library: str) -> dict[str, str]:
@@ -123,6 +150,23 @@ def choose(malloc: Malloc, library_path: str = "") -> None:
         )
     except OSError as exc:  # the server still works on glibc: `report` says so
         print(f"garden server: re-exec with {library} failed: {exc}", file=sys.stderr)
+
+
+def choose_for_argv(argv: Sequence[str]) -> None:
+    """`choose` by `garden server`'s own command line, read before argparse builds its parser
+    (that and the imports behind it would be paid twice): `--malloc` and `--jemalloc-path`,
+    the last of each winning as in argparse. Their values are checked by argparse afterwards."""
+    malloc, path = "jemalloc", ""
+    for i, word in enumerate(argv):
+        flag, eq, value = word.partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if flag == "--malloc":
+            malloc = value
+        elif flag == "--jemalloc-path":
+            path = value
+    if malloc in MALLOCS:
+        choose(malloc, path)  # type: ignore[arg-type]  # checked just above
 
 
 def report(malloc: Malloc, library_path: str = "") -> Malloc:

@@ -194,9 +194,6 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from garden.allocator import choose
-
-    choose(args.malloc, args.jemalloc_path)  # first: it may exec this command again
     from garden.config import ConfigError
 
     try:

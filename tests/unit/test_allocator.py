@@ -109,6 +109,8 @@ from garden import allocator, malloc
 allocator.choose("jemalloc")
 child = subprocess.run(["sh", "-c", "echo $LD_PRELOAD,$MALLOC_CONF,$GARDEN_MALLOC_REEXEC"],
     capture_output=True, text=True, check=True).stdout.strip()
+stats = allocator.jemalloc_stats()
+assert 0 < stats["allocated"] <= stats["active"] <= stats["resident"], stats
 print(os.getpid(), allocator.active(), malloc._libc() is None, repr(child))
 """
 
@@ -131,5 +133,27 @@ def test_glibc_is_what_runs_without_the_preload() -> None:
     # The test process itself (pytest is not re-executed).
     if allocator.active() == "glibc":
         assert malloc._libc() is not None
+        assert allocator.jemalloc_stats() == {}
     else:
         pytest.skip("the test run itself has jemalloc preloaded")
+
+
+@pytest.mark.parametrize(
+    ("argv", "chosen"),
+    [
+        (["server", "--bind-port", "1"], [("jemalloc", "")]),
+        (["server", "--malloc", "glibc"], [("glibc", "")]),
+        (["server", "--malloc=glibc", "--malloc", "jemalloc"], [("jemalloc", "")]),
+        (["server", "--jemalloc-path", "/x.so", "--malloc-trim-every", "0"],
+         [("jemalloc", "/x.so")]),
+        (["server", "--jemalloc-path=/x.so"], [("jemalloc", "/x.so")]),
+        (["server", "--malloc", "tcmalloc"], []),  # argparse refuses it afterwards
+    ],
+)  # fmt: skip
+def test_the_choice_is_read_from_the_command_line_before_argparse(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], chosen: list[tuple[str, str]]
+) -> None:
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(allocator, "choose", lambda m, p="": calls.append((m, p)))
+    allocator.choose_for_argv(argv)
+    assert calls == chosen
