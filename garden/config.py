@@ -84,6 +84,11 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Free heap pages are given back to the kernel every this many seconds (0: never), so RSS
     # follows what is in use (garden/malloc.py).
     malloc_trim_every: float = 30.0
+    # The allocator `garden server` runs with (garden/allocator.py): jemalloc, preloaded by a
+    # re-exec at start when its library is found (`jemalloc_path`, "" to look in the usual
+    # places), or glibc's.
+    malloc: Literal["jemalloc", "glibc"] = "jemalloc"
+    jemalloc_path: str = ""
 
     @property
     def state_path(self) -> Path:

@@ -18,6 +18,9 @@ heap and only past the trim threshold; pages freed in the middle of a heap stay 
 - `trim_periodically`: `malloc_trim(0)` every `--malloc-trim-every` seconds (30; 0 = never),
   in a worker thread: RSS comes back to what is in use, and a burst of streams between two
   trims still reuses its buffers.
+
+None of this applies when the server runs with jemalloc (`garden/allocator.py`, the default
+where the library is installed): the functions below do nothing then.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import time
 from typing import Final
 
 import trio
+
+from garden.allocator import active
 
 log = logging.getLogger("garden.malloc")
 
@@ -42,6 +47,9 @@ TRIM_EVERY: Final = 30.0
 
 
 def _libc() -> ctypes.CDLL | None:
+    """glibc's malloc functions, or None when malloc is not glibc's."""
+    if active() != "glibc":
+        return None
     try:
         libc = ctypes.CDLL(None)
         libc.mallopt, libc.malloc_trim  # noqa: B018  # glibc, or nothing to tune

@@ -1,8 +1,8 @@
 """A debug switch for memory growth: with `GARDEN_TRACEMALLOC=<file>` in its environment the
 server traces Python allocations (`tracemalloc`, `GARDEN_TRACEMALLOC_FRAMES` frames, default 1;
 0: no tracing, for figures undisturbed by its cost) and, on each SIGUSR2, appends a report to
-`<file>`: RSS, the traced total, glibc's heap
-figures (mallinfo2: in use vs free inside the arenas, and the number of arenas), the object
+`<file>`: RSS, the traced total, the allocator's figures (glibc's mallinfo2: in use vs free
+inside the arenas, and the number of arenas; or jemalloc's allocated, active, resident), the object
 counts by type that changed most, and the allocation sites that grew most since the previous
 report. Python heap growth shows in the traced total and the sites; allocator fragmentation
 shows as RSS far above the traced total with the difference free inside glibc's arenas.
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Final, final
 
 import trio
+
+from garden.allocator import jemalloc_stats
 
 ENV: Final = "GARDEN_TRACEMALLOC"
 ENV_FRAMES: Final = "GARDEN_TRACEMALLOC_FRAMES"
@@ -114,7 +116,15 @@ class MemoryReporter:
             f" traced_peak_mib {peak / MIB:.1f} gc_objects {sum(types.values())}",
         ]
         m = malloc_figures()
-        if m:
+        je = jemalloc_stats()
+        if je:
+            lines.append(
+                "jemalloc "
+                + " ".join(f"{name}_mib {value / MIB:.1f}" for name, value in je.items())
+                # the rest of RSS: pymalloc's arenas, code, thread stacks
+                + f" rest_mib {(rss_kib() * 1024 - je['resident']) / MIB:.1f}"
+            )
+        elif m:
             lines.append(
                 f"malloc arenas {m['arenas']} heap_mib {m['arena'] / MIB:.1f}"
                 f" in_use_mib {m['uordblks'] / MIB:.1f} free_in_heap_mib {m['fordblks'] / MIB:.1f}"

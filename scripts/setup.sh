@@ -33,6 +33,7 @@ readonly PACKAGES=(
   python3 python3-venv python3-dev  # the server itself
   git ca-certificates procps curl   # curl: the 1 GiB file test and bench/files_bench streams
   gcc libc6-dev                     # garden-monitor (static), and the tests' syscall probe
+  libjemalloc2                      # the server's allocator (garden/allocator.py)
 )
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -36,6 +36,9 @@ import garden.main  # noqa: F401  # isort: skip
 WORK_ROOT = Path("/var/tmp/garden-load")  # traversable by containers' mapped root (0711)
 IDLE_FD_SLACK = 8  # descriptors the idle server may hold at the end beyond those at the start
 IDLE_SETTLE = 15.0  # seconds the idle descriptor count gets to come down at the end
+# RSS is read again this long after the last answer: the allocator gives memory back on its own
+# clock (glibc at its next trim, every 30 s; jemalloc as its dirty pages decay, ~10 s)
+IDLE_RSS_AFTER = 40.0
 DRAIN_TIMEOUT = 300.0  # clients finish their iteration within this after the deadline
 JOURNAL_EVERY = 10.0  # seconds between two looks at the server's event count (/metrics)
 SLOPE_MIN_AFTER_WARMUP = 120.0  # seconds of samples after the warm-up for a slope to judge
@@ -74,6 +77,7 @@ class Report(msgspec.Struct, kw_only=True):
     rss_mib_start: float = 0.0
     rss_mib_max: float = 0.0
     rss_mib_end: float = 0.0
+    rss_mib_idle_later: float = 0.0  # IDLE_RSS_AFTER seconds after the last answer
     rss_slope_mib_per_min: float = 0.0
     fds_idle_start: int = 0
     fds_max: int = 0
@@ -187,6 +191,9 @@ async def drive(options: Options, url: str, pid: int) -> tuple[Report, Sampler |
         report.rss_mib_start = round(idle_start.rss_kib / 1024, 1)
         report.rss_mib_max = round(max(s.rss_kib for s in sampler.samples) / 1024, 1)
         report.rss_mib_end = round(idle_end.rss_kib / 1024, 1)
+        await trio.sleep(max(0.0, started + elapsed + IDLE_RSS_AFTER - time.monotonic()))
+        later = sampler.take()
+        report.rss_mib_idle_later = round(later.rss_kib / 1024, 1) if later else 0.0
         report.fds_idle_start = idle_start.fds
         report.fds_max = max(s.fds for s in sampler.samples)
         report.fds_idle_end = idle_end.fds
@@ -303,7 +310,8 @@ def render(report: Report) -> str:
     lines += [
         "",
         f"server RSS MiB: idle start {report.rss_mib_start}, max {report.rss_mib_max}, idle end"
-        f" {report.rss_mib_end}; slope after warm-up {report.rss_slope_mib_per_min:+.3f} MiB/min"
+        f" {report.rss_mib_end} ({report.rss_mib_idle_later} {IDLE_RSS_AFTER:.0f} s later);"
+        f" slope after warm-up {report.rss_slope_mib_per_min:+.3f} MiB/min"
         f" (from {report.slope_from_s:.0f} s; event window full at "
         + (f"{report.window_full_s:.0f} s" if report.window_full_s >= 0 else "no time")
         + ("" if slope_judged(report) else "; not judged")

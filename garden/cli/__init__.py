@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     head, tail = split_command(args_list)
     name = command_name(head)
+    if name == "server" and argv is None:
+        from garden.allocator import choose_for_argv
+
+        choose_for_argv(head)  # first: it may exec this same command again, with jemalloc
     if name != "server":
         import_msgspec_lean()
     from garden.errors import GardenError

@@ -158,7 +158,20 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
         type=float,
         default=d.malloc_trim_every,
         metavar="SECONDS",
-        help="give free heap memory back to the kernel this often (0: never)",
+        help="with glibc's malloc: give free heap memory back to the kernel this often (0: never)",
+    )
+    p.add_argument(
+        "--malloc",
+        choices=("jemalloc", "glibc"),
+        default=d.malloc,
+        help="the server's allocator: jemalloc (re-executes itself with the library preloaded; "
+        "glibc's, with a warning, when it is missing) or glibc",
+    )
+    p.add_argument(
+        "--jemalloc-path",
+        default=d.jemalloc_path,
+        metavar="PATH",
+        help="the jemalloc library (default: the first libjemalloc.so.2 in the usual places)",
     )
 
 
@@ -193,12 +206,14 @@ def run(args: argparse.Namespace) -> int:
 def run_server(config: ServerConfig) -> int:
     import trio
 
+    from garden.allocator import report
     from garden.config import ConfigError
     from garden.errors import LogCorruptError, RuntimeFailedError
     from garden.logs import configure
     from garden.main import serve
 
     configure(config.log_level, config.log_format)
+    report(config.malloc, config.jemalloc_path)
     try:
         trio.run(serve, config)
     except LogCorruptError as exc:

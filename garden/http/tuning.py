@@ -8,9 +8,9 @@ uploads, see docs/files.md), and hypercorn's connections closed when their clien
 - A connection closes when its client has, not when its keep-alive timer fires, and large body
   pieces go out without a copy into their HTTP chunk: `garden/http/connection.py`, installed
   here as hypercorn's per-connection server and its HTTP/1.1 protocol's body send.
-- glibc malloc keeps ~1 MiB buffers in its heap for reuse instead of a fresh mmap each:
-  `garden/malloc.py` (which also bounds what the heap keeps, with fewer arenas and a periodic
-  trim).
+- The allocator keeps ~1 MiB buffers for reuse instead of a fresh mmap each: jemalloc
+  (`garden/allocator.py`, the default), or glibc's heap tuned by `garden/malloc.py` (which also
+  bounds what the heap keeps, with fewer arenas and a periodic trim).
 """
 
 from __future__ import annotations
