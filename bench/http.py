@@ -253,16 +253,32 @@ class Connection:
         return response.status, await response.read()
 
 
+# A pooled connection idle longer than this is closed rather than reused: servers close idle
+# keep-alive connections (garden-trio after 75 s, Docker's after its own timeout), and a
+# benchmark that waits for another engine's slow round (Podman's 200 processes: ~50 s a round)
+# would otherwise send its next requests into connections the server has closed.
+MAX_IDLE = 20.0
+
+
 @final
 class Pool:
-    """Connections to one address, reused while they are kept alive."""
+    """Connections to one address, reused while they are kept alive (and not idle too long)."""
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self._idle: list[Connection] = []
+        self._idle: list[tuple[float, Connection]] = []
+
+    async def _get(self) -> Connection:
+        now = trio.current_time()
+        while self._idle:
+            since, conn = self._idle.pop()
+            if now - since <= MAX_IDLE:
+                return conn
+            await conn.aclose()
+        return await Connection.open(self.address)
 
     async def call(self, method: str, target: str, body: bytes | None = None) -> tuple[int, bytes]:
-        conn = self._idle.pop() if self._idle else await Connection.open(self.address)
+        conn = await self._get()
         try:
             result = await conn.call(method, target, body)
         except BaseException:
@@ -272,15 +288,15 @@ class Pool:
         return result
 
     async def take(self) -> Connection:
-        return self._idle.pop() if self._idle else await Connection.open(self.address)
+        return await self._get()
 
     async def release(self, conn: Connection) -> None:
         if conn.reusable:
-            self._idle.append(conn)
+            self._idle.append((trio.current_time(), conn))
         else:
             await conn.aclose()
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
-        for conn in idle:
+        for _, conn in idle:
             await conn.aclose()

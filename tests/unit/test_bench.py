@@ -237,3 +237,27 @@ def test_a_failed_group_names_its_first_error() -> None:
     assert text.startswith("ExceptionGroup: runs (2 sub-exceptions); the first: RuntimeError")
     assert "503 b'no fds'" in text
     assert stats.describe(ValueError("x")) == "ValueError: x"
+
+
+async def test_pool_does_not_reuse_a_connection_idle_past_the_server_keep_alive(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+) -> None:
+    """Regression: the 200-process case sent its next round into connections the server had
+    closed after 75 s idle while Podman's rounds ran ("connection closed in the middle of a
+    line")."""
+    opened: list[Connection] = []
+
+    async def open_one(address: str) -> Connection:
+        conn = await _serve_bytes(b"HTTP/1.1 204 No\r\n\r\n" * 2)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(Connection, "open", staticmethod(open_one))
+    pool = bench_http.Pool("http://x")
+    await pool.call("GET", "/a")
+    await pool.call("GET", "/b")  # at once: the same connection
+    assert len(opened) == 1
+    await trio.sleep(bench_http.MAX_IDLE + 1)
+    await pool.call("GET", "/c")  # idle too long: a new one
+    assert len(opened) == 2
+    await pool.aclose()
