@@ -11,6 +11,8 @@ from typing import final
 
 import trio
 
+from garden.client.recvbuf import complete_lines, make_room
+
 RECV_SIZE = 1 << 20
 BUFFER_SIZE = 4 << 20  # a whole NDJSON line of 1 MiB of output (1.4 MB of base64) and more
 
@@ -36,19 +38,9 @@ class _Reader:
 
     def _room(self, want: int) -> None:
         """At least `want` free bytes after the unread ones."""
-        if len(self.buf) - self.end >= want:
-            return
-        unread = self.end - self.start
-        if unread + want > len(self.buf):
-            size = len(self.buf)
-            while unread + want > size:
-                size *= 2
-            buf = bytearray(size)
-            buf[:unread] = self.mv[self.start : self.end]
-            self.buf, self.mv = buf, memoryview(buf)
-        elif unread:
-            self.mv[:unread] = self.mv[self.start : self.end]  # overlapping: memmove
-        self.start, self.end = 0, unread
+        self.buf, self.mv, self.start, self.end = make_room(
+            self.buf, self.mv, self.start, self.end, want
+        )
 
     async def _more(self, want: int = RECV_SIZE) -> bool:
         """Receive what has come (at least one byte, or False at the end of the stream), with
@@ -175,16 +167,8 @@ class Response:
         reader = self._conn._reader
         pending = bytearray()  # the start of a line that goes on in the next piece
         async for pos, stop in self._pieces(whole_chunks=True):
-            buf, mv = reader.buf, reader.mv
-            while (nl := buf.find(b"\n", pos, stop)) >= 0:
-                if pending:
-                    pending += mv[pos:nl]
-                    yield bytes(pending)
-                    pending.clear()
-                else:
-                    yield mv[pos:nl]
-                pos = nl + 1
-            pending += mv[pos:stop]
+            for line in complete_lines(reader.buf, reader.mv, pos, stop, pending):
+                yield line
         if pending:
             yield bytes(pending)
 

@@ -16,6 +16,7 @@ import _socket
 from collections.abc import Iterable, Iterator
 from typing import Any, final
 
+from garden.client.recvbuf import complete_lines, make_room
 from garden.client.target import Target
 from garden.errors import ServerUnreachableError, UnexpectedResponseError
 
@@ -93,20 +94,9 @@ class Connection:
     def _room(self, want: int) -> None:
         """At least `want` free bytes after the unread ones, and at least READ_MIN: the
         unread bytes moved to the front if that makes the room, else a larger buffer."""
-        want = max(want, READ_MIN)
-        if len(self._buf) - self._end >= want:
-            return
-        unread = self._end - self._start
-        if unread + want > len(self._buf):
-            size = len(self._buf)
-            while unread + want > size:
-                size *= 2
-            buf = bytearray(size)
-            buf[:unread] = self._mv[self._start : self._end]
-            self._buf, self._mv = buf, memoryview(buf)
-        elif unread:
-            self._mv[:unread] = self._mv[self._start : self._end]  # overlapping: memmove
-        self._start, self._end = 0, unread
+        self._buf, self._mv, self._start, self._end = make_room(
+            self._buf, self._mv, self._start, self._end, max(want, READ_MIN)
+        )
 
     def _fill(self, want: int = 0) -> bool:
         """Receive what has come into the buffer, with room for `want` bytes made first;
@@ -223,16 +213,8 @@ class Connection:
         of the buffer once."""
         pending = bytearray()  # the start of a line that goes on in the next piece
         for pos, stop in self._body_pieces(headers, keep_alive, whole_chunks=True):
-            buf, mv = self._buf, self._mv
-            while (nl := buf.find(b"\n", pos, stop)) >= 0:
-                if pending:
-                    pending += mv[pos:nl]
-                    yield bytes(pending)
-                    pending.clear()
-                else:
-                    yield bytes(mv[pos:nl])
-                pos = nl + 1
-            pending += mv[pos:stop]
+            for line in complete_lines(self._buf, self._mv, pos, stop, pending):
+                yield bytes(line)
         if pending:
             yield bytes(pending)
 

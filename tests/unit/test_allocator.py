@@ -71,13 +71,19 @@ def test_missing_library_runs_on_and_warns(
     assert "reason=jemalloc-not-found" in record.getMessage() and missing in record.getMessage()
 
 
-def test_a_found_library_is_preloaded_by_exec_of_the_same_command(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    library = tmp_path / "libjemalloc.so.2"
-    library.touch()
+@pytest.fixture
+def library(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A jemalloc library file in a process running glibc whose exec is caught (`Execed`)."""
+    path = tmp_path / "libjemalloc.so.2"
+    path.touch()
     monkeypatch.setattr(os, "execve", no_exec)
     monkeypatch.setattr(allocator, "active", lambda: "glibc")
+    return path
+
+
+def test_a_found_library_is_preloaded_by_exec_of_the_same_command(
+    monkeypatch: pytest.MonkeyPatch, library: Path
+) -> None:
     monkeypatch.setattr(sys, "orig_argv", ["python3", "-m", "garden.cli", "server", "--x"])
     monkeypatch.delenv("GARDEN_MALLOC_REEXEC", raising=False)
     with pytest.raises(Execed) as e:
@@ -90,13 +96,9 @@ def test_a_found_library_is_preloaded_by_exec_of_the_same_command(
 
 
 def test_a_reexeced_process_does_not_exec_again(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, library: Path
 ) -> None:
     """Even when the preload did not take (ld.so ignores a library it cannot load)."""
-    library = tmp_path / "libjemalloc.so.2"
-    library.touch()
-    monkeypatch.setattr(os, "execve", no_exec)
-    monkeypatch.setattr(allocator, "active", lambda: "glibc")
     monkeypatch.setenv("GARDEN_MALLOC_REEXEC", json.dumps({"LD_PRELOAD": None}))
     monkeypatch.setenv("LD_PRELOAD", str(library))
     allocator.choose("jemalloc", str(library))
