@@ -131,26 +131,90 @@ async def spawn(
     propagates: a process runs only if its facts reached the caller.
     """
     pdir = Path(process_dir)
-    link = Path(socket_dir) / secrets.token_hex(8)
-    if len(os.fsencode(link / "attach")) > _SUN_PATH_MAX:
-        raise KernelError("conmon socket dir", f"{socket_dir} is too long for a unix socket path")
     tty = bool(process.get("terminal"))
     if tty or stdin:
         # conmon's passthrough hands the process conmon's own stdin (/dev/null here) and makes
         # no attach socket: a process that reads stdin or has a terminal keeps k8s-file.
         log_format = "k8s-file"
-    _prepare_dirs(pdir, Path(socket_dir), process, passthrough=log_format == "passthrough")
+    ours = garden_monitor if log_format == "passthrough" else None
+    link = Path("")  # garden-monitor makes no attach socket: nothing to link
+    if ours is None:
+        link = Path(socket_dir) / secrets.token_hex(8)
+        if len(os.fsencode(link / "attach")) > _SUN_PATH_MAX:
+            raise KernelError("conmon socket dir", f"{socket_dir} is too long for a socket path")
+    _prepare_dirs(
+        pdir,
+        process,
+        socket_dir=None if ours is not None else Path(socket_dir),
+        passthrough=log_format == "passthrough",
+    )
     if before_start is not None:
         try:
             before_start(pdir)
         except BaseException:
             shutil.rmtree(pdir, ignore_errors=True)
             raise
-    ours = garden_monitor is not None and log_format == "passthrough"
-    if ours:
-        link = Path("")  # no attach socket: nothing to link
+    with trio.CancelScope(shield=True) as scope:
+        scope.deadline = trio.current_time() + _SPAWN_TIMEOUT
+        try:
+            if ours is not None:  # kills and reaps its monitor itself on every failure
+                pid, conmon_pid = await _run_garden_monitor(
+                    ours, runtime, runtime_root, pdir, container_id
+                )
+            else:
+                cmd = _conmon_cmd(
+                    conmon, runtime, runtime_root, container_id, pdir, link, socket_dir,
+                    log_format=log_format, stdin=stdin, tty=tty,
+                )  # fmt: skip
+                try:
+                    pid, conmon_pid = await _run_conmon(
+                        cmd, pdir, passthrough=log_format == "passthrough"
+                    )
+                except BaseException:  # on timeout; after a failed exec conmon has gone
+                    _kill_monitor_of(pdir)
+                    _remove_link(link, pdir)
+                    raise
+        except BaseException:  # nothing may stay behind a failed spawn
+            shutil.rmtree(pdir, ignore_errors=True)  # best effort: the error says what failed
+            raise
+    if scope.cancelled_caught:
+        raise RuntimeFailedError("conmon exec", f"no pid within {_SPAWN_TIMEOUT} s")
+    facts = SpawnedProcess(
+        container_id=container_id,
+        process_dir=str(pdir),
+        socket_link=str(link) if ours is None else "",
+        pid=pid,
+        pid_start_time=pid_start_time(pid),
+        conmon_pid=conmon_pid,
+        conmon_start_time=pid_start_time(conmon_pid),
+        tty=tty,
+        stdin=stdin,
+        log_format=log_format,
+        monitor="conmon" if ours is None else "garden-monitor",
+    )
+    try:
+        await trio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:  # the caller is gone and would lose the facts: undo the process
+        await cleanup(facts)
+        raise
+    return facts
+
+
+def _conmon_cmd(
+    conmon: str,
+    runtime: str,
+    runtime_root: str | Path,
+    container_id: str,
+    pdir: Path,
+    link: Path,
+    socket_dir: str | Path,
+    *,
+    log_format: LogFormat,
+    stdin: bool,
+    tty: bool,
+) -> list[str]:
     log = f"k8s-file:{pdir / 'log'}" if log_format == "k8s-file" else "passthrough"
-    cmd = [
+    return [
         conmon, "--api-version", "1",
         "-c", container_id, "-u", link.name, "-n", f"{container_id}-{link.name}",
         "-r", runtime, "--runtime-arg", "--root", "--runtime-arg", str(runtime_root),
@@ -166,54 +230,15 @@ async def spawn(
         # A TTY gets EOF from ^D, and must stay writable for the next client after one leaves.
         *(["--leave-stdin-open"] if stdin and tty else []),
     ]  # fmt: skip
-    with trio.CancelScope(shield=True) as scope:
-        scope.deadline = trio.current_time() + _SPAWN_TIMEOUT
-        try:
-            if garden_monitor is not None and ours:
-                runtime_cmd = [
-                    runtime, "--root", str(runtime_root), "exec", "--detach",
-                    "--pid-file", str(pdir / "pid"), "--process", str(pdir / "process.json"),
-                    container_id,
-                ]  # fmt: skip
-                pid, conmon_pid = await _run_garden_monitor(
-                    garden_monitor, runtime_cmd, pdir, container_id
-                )
-            else:
-                pid, conmon_pid = await _run_conmon(
-                    cmd, pdir, passthrough=log_format == "passthrough"
-                )
-        except BaseException:  # nothing may stay behind a failed spawn
-            _kill_monitor_of(pdir)  # on timeout; after a failed exec the monitor has gone
-            _remove_link(link, pdir)
-            shutil.rmtree(pdir, ignore_errors=True)  # best effort: the error says what failed
-            raise
-    if scope.cancelled_caught:
-        raise RuntimeFailedError("conmon exec", f"no pid within {_SPAWN_TIMEOUT} s")
-    facts = SpawnedProcess(
-        container_id=container_id,
-        process_dir=str(pdir),
-        socket_link="" if ours else str(link),
-        pid=pid,
-        pid_start_time=pid_start_time(pid),
-        conmon_pid=conmon_pid,
-        conmon_start_time=pid_start_time(conmon_pid),
-        tty=tty,
-        stdin=stdin,
-        log_format=log_format,
-        monitor="garden-monitor" if ours else "conmon",
-    )
-    try:
-        await trio.lowlevel.checkpoint_if_cancelled()
-    except BaseException:  # the caller is gone and would lose the facts: undo the process
-        await cleanup(facts)
-        raise
-    return facts
 
 
 def _prepare_dirs(
-    pdir: Path, socket_dir: Path, process: dict[str, Any], *, passthrough: bool
+    pdir: Path, process: dict[str, Any], *, socket_dir: Path | None, passthrough: bool
 ) -> None:
-    socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """The process dir with its exit dir, process.json and (passthrough) output files; and
+    conmon's socket dir when conmon runs it."""
+    if socket_dir is not None:
+        socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     (pdir / "exit").mkdir(parents=True)
     (pdir / "process.json").write_text(json.dumps(process))
     if passthrough:
@@ -228,14 +253,32 @@ def kill_unrecorded(pdir: Path) -> None:
         pid = int((pdir / "pid").read_text().strip())
     except (OSError, ValueError):
         pid = 0
-    if pid > 0 and pid_start_time(pid) is not None:
+    if pid > 0:
         fd = open_pidfd(pid)
         if fd is not None:
             try:
-                signal_pidfd(fd, _signal.SIGKILL)
+                if _started_when_written(pid, pdir / "pid"):
+                    signal_pidfd(fd, _signal.SIGKILL)
             finally:
                 os.close(fd)
     _kill_monitor_of(pdir)
+
+
+def _started_when_written(pid: int, pid_file: Path, slack: float = 60.0) -> bool:
+    """True if `pid` started within `slack` s before `pid_file` was written, as the process
+    the runtime wrote it for did. A pid file outlives a reboot, when its number may name any
+    process that started since."""
+    ticks = pid_start_time(pid)
+    try:
+        written = pid_file.stat().st_mtime
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+    except (OSError, StopIteration, ValueError):
+        return False
+    if ticks is None:
+        return False
+    started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    return written - slack <= started <= written + 2.0  # btime is in whole seconds
 
 
 def _kill_monitor_of(pdir: Path) -> None:
@@ -248,10 +291,23 @@ def _kill_monitor_of(pdir: Path) -> None:
         fd = open_pidfd(monitor_pid)
         if fd is not None:
             try:
-                signal_pidfd(fd, _signal.SIGKILL)
-                _reap(fd, wait=True)
+                if _monitors(monitor_pid, pdir):
+                    signal_pidfd(fd, _signal.SIGKILL)
+                    _reap(fd, wait=True)
             finally:
                 os.close(fd)
+
+
+def _monitors(pid: int, pdir: Path) -> bool:
+    """True if `pid` (checked through a pidfd held by the caller) is a monitor of `pdir`:
+    its command line names the dir (conmon's `-b`, garden-monitor's first argument). A pid
+    file outlives a reboot, and its number may name anything by then."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return os.fsencode(pdir) in argv
 
 
 def _reap(pidfd: int, *, wait: bool = False) -> None:
@@ -305,7 +361,7 @@ async def _run_conmon(cmd: list[str], pdir: Path, *, passthrough: bool) -> tuple
                 os.close(fd)
     data = message.get("data")
     if not isinstance(data, int) or data <= 0:
-        raise _spawn_error(str(message.get("message") or _conmon_stderr(pdir)))
+        raise _spawn_error(str(message.get("message") or _runtime_stderr(pdir)))
     try:
         conmon_pid = int((pdir / "conmon.pid").read_text().strip())
     except (OSError, ValueError) as e:
@@ -314,11 +370,16 @@ async def _run_conmon(cmd: list[str], pdir: Path, *, passthrough: bool) -> tuple
 
 
 async def _run_garden_monitor(
-    exe: str, runtime_cmd: list[str], pdir: Path, container_id: str
+    exe: str, runtime: str, runtime_root: str | Path, pdir: Path, container_id: str
 ) -> tuple[int, int]:
-    """Start garden-monitor for `runtime_cmd` (an `exec --detach` with `--pid-file pid`) and
-    read its one sync line; return (process pid, monitor pid). The process's stdout and
-    stderr are the files `stdout` and `stderr` of `pdir`, its stdin /dev/null."""
+    """Start garden-monitor for the runtime's `exec --detach` and read its one sync line;
+    return (process pid, monitor pid). The process's stdout and stderr are the files `stdout`
+    and `stderr` of `pdir`, its stdin /dev/null. On any failure the monitor is gone (killed if
+    need be) and reaped before this raises."""
+    runtime_cmd = [
+        runtime, "--root", str(runtime_root), "exec", "--detach",
+        "--pid-file", str(pdir / "pid"), "--process", str(pdir / "process.json"), container_id,
+    ]  # fmt: skip
     sync_r, sync_w = os.pipe()
     out = err = pidfd = monitor_pid = -1
     try:
@@ -345,12 +406,14 @@ async def _run_garden_monitor(
         kind, _, value = line.partition(" ")
         if kind == "P" and value.isdigit() and int(value) > 0:
             return int(value), monitor_pid
-        # It exits right after a failure: reap it here (bounded: it is already on its way).
-        with trio.move_on_after(_CLEANUP_TIMEOUT):
+        # It exits right after a failure: reap it here (killed if it does not, in time).
+        with trio.move_on_after(_CLEANUP_TIMEOUT) as waited:
             await trio.lowlevel.wait_readable(pidfd)
-        _reap(pidfd)
+        if waited.cancelled_caught:
+            signal_pidfd(pidfd, _signal.SIGKILL)
+        _reap(pidfd, wait=True)
         if kind == "E":
-            raise _spawn_error(_conmon_stderr(pdir) or f"runtime exit status {value}")
+            raise _spawn_error(_runtime_stderr(pdir) or f"runtime exit status {value}")
         if kind == "M" and value.isdigit():
             raise RuntimeFailedError("garden-monitor", os.strerror(int(value)))
         raise RuntimeFailedError("garden-monitor", f"exited without a pid (said {line!r})")
@@ -431,7 +494,7 @@ def _spawn_error(message: str) -> KernelError | ExecutableNotFoundError:
     return RuntimeFailedError("runc exec", text or "(no message)")
 
 
-def _conmon_stderr(pdir: Path) -> str:
+def _runtime_stderr(pdir: Path) -> str:
     for name in ("conmon.err", STDERR):  # with passthrough conmon's stderr is the process's
         try:
             return (pdir / name).read_text(errors="replace").strip()[-2000:]

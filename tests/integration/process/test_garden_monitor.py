@@ -172,3 +172,23 @@ async def test_monitor_keeps_no_inherited_fd(container: Container, exe: str) -> 
             await monitor.cleanup(facts)
     finally:
         listener.close()
+
+
+async def test_pid_files_naming_other_processes_kill_nothing(
+    container: Container, tmp_path: Path
+) -> None:
+    """Regression: after a reboot the pid files of an unrecorded process dir may name any
+    process; the start-up sweep must not SIGKILL it (it checked only that the pid existed)."""
+    bystander = await trio.lowlevel.open_process(["sleep", "60"])
+    try:
+        pdir = tmp_path / "p"
+        (pdir / "exit").mkdir(parents=True)
+        for name in ("pid", "monitor.pid", "conmon.pid"):
+            (pdir / name).write_text(str(bystander.pid))
+        old = os.stat(pdir / "pid").st_mtime - 3600  # written an hour before it started
+        os.utime(pdir / "pid", (old, old))
+        monitor.kill_unrecorded(pdir)
+        assert bystander.poll() is None  # still running: neither "process" nor "monitor"
+    finally:
+        bystander.kill()
+        await bystander.wait()
