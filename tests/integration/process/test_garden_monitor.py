@@ -166,7 +166,15 @@ async def test_monitor_keeps_no_inherited_fd(container: Container, exe: str) -> 
     try:
         facts = await spawn(container, exe, process_json(container, "sleep", "60"), pdir)
         try:
-            fds = sorted(int(fd) for fd in os.listdir(f"/proc/{facts.conmon_pid}/fd"))
+            fd_dir = f"/proc/{facts.conmon_pid}/fd"
+            targets = {int(fd): os.readlink(f"{fd_dir}/{fd}") for fd in os.listdir(fd_dir)}
+            assert not [t for t in targets.values() if t.startswith("socket:")], targets
+            # The monitor closes the sync pipe (fd 3) just after writing its line, which the
+            # spawn may have read before the close: wait for it (regression: CI saw fd 3).
+            with trio.fail_after(5):
+                while len(os.listdir(fd_dir)) > 3:
+                    await trio.sleep(0.005)
+            fds = sorted(int(fd) for fd in os.listdir(fd_dir))
             assert fds == [0, 1, 2]  # /dev/null: the process's files are the runtime's
         finally:
             await monitor.cleanup(facts)
