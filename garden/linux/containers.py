@@ -62,6 +62,7 @@ from garden.linux.rootfs import (
     unmount_overlay,
 )
 from garden.linux.runtime import Runtime
+from garden.linux.topdir import mark_topdir
 from garden.linux.trash import Trash
 
 Liveness = Literal["running", "stopped", "gone"]
@@ -121,6 +122,7 @@ class LinuxContainers:
         self.trash = trash  # where bundles go to be deleted after the answer (None: at once)
         self.images = images if images is not None else LayerStore(self.state_dir / "images")
         self._parents_ready: set[str] = set()
+        self._containers_dir_flagged = False  # `chattr +T` (garden.linux.topdir)
         self._failed_undos: set[str] = set()  # container ids whose create undo failed
         self.limits_changing_dir = self.state_dir / "limits-changing"
         self._limits_changing: set[str] | None = None  # read at the first reconcile
@@ -452,6 +454,9 @@ class LinuxContainers:
             self.containers_dir.mkdir(parents=True, exist_ok=True)
             # The user namespace's root must be able to reach rootfs/ inside the bundle.
             os.chmod(self.containers_dir, 0o711)
+            if not self._containers_dir_flagged:  # bundles go where nothing was just deleted
+                mark_topdir(self.containers_dir)
+                self._containers_dir_flagged = True
             cpath.mkdir(mode=0o711)
             os.chmod(cpath, 0o711)
         except OSError as e:

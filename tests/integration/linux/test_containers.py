@@ -15,6 +15,7 @@ import pytest
 import trio
 
 from garden.errors import InvalidRequestError, RuntimeFailedError
+from garden.linux import topdir
 from garden.linux.containers import LinuxContainers
 from garden.linux.plan import ContainerPlan, MountPlan, Started
 from garden.linux.proc import is_running, is_same_process
@@ -81,6 +82,8 @@ async def test_create_inspect_destroy(
         cpath = Path(plan.container_path)
         assert is_same_process(started.pid, started.pid_start_time)
         assert cpath / "rootfs" in mounts_under(cpath)
+        # Bundles are placed as top-level dirs: away from just-deleted inodes (topdir.py).
+        assert (topdir.flags(kernel.containers_dir) or 0) & topdir.FS_TOPDIR_FL
         memory = kernel.cgroups.host_path("memory", plan.cgroup_path)
         assert memory is not None and memory.is_dir()
         assert started.pid in kernel.cgroups.pids(plan.cgroup_path)

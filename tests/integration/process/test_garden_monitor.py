@@ -5,6 +5,7 @@ cancelled spawn, a process nobody recorded, an exit seen by `wait_exit`)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import trio
 
 from garden.errors import ExecutableNotFoundError
-from garden.linux import monitor
+from garden.linux import monitor, topdir
 from garden.linux.leftovers import monitors_of
 from garden.linux.plan import SpawnedProcess
 from garden.linux.proc import pid_start_time
@@ -200,3 +201,21 @@ async def test_pid_files_naming_other_processes_kill_nothing(
     finally:
         bystander.kill()
         await bystander.wait()
+
+
+async def test_a_first_process_flags_its_processes_dir_topdir(
+    container: Container, exe: str
+) -> None:
+    """The processes dir a container's first spawn makes is `chattr +T`: ext4 then places each
+    process dir (and its files) in a group with no just-deleted inodes to walk past."""
+    parent = container.processes.parent / f"gtest-fresh-{uuid.uuid4().hex[:8]}"
+    pdir = parent / "p1"
+    try:
+        facts = await spawn(container, exe, process_json(container, "true"), pdir)
+        try:
+            assert await monitor.wait_exit(facts) == 0
+        finally:
+            await monitor.cleanup(facts)
+        assert (topdir.flags(parent) or 0) & topdir.FS_TOPDIR_FL
+    finally:
+        shutil.rmtree(parent, ignore_errors=True)
