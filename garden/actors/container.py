@@ -32,9 +32,16 @@ from garden.errors import (
     ProcessIdInUseError,
 )
 from garden.events import schema as ev
-from garden.events.journal import Journal
+from garden.events.journal import Journal, Pending
 from garden.events.state import ContainerState, ServerState
-from garden.linux.plan import Bandwidth, FirewallRule, LimitChange, PortMap, Started
+from garden.linux.plan import (
+    Bandwidth,
+    FirewallRule,
+    LimitChange,
+    PortMap,
+    SpawnedProcess,
+    Started,
+)
 
 log = logging.getLogger("garden.container")
 
@@ -167,8 +174,10 @@ class ContainerActor:
         try:
             if mode == "create":
                 await self._create(origin)
-            elif self.record.phase == "active":
-                await self._sweep_unrecorded_processes()
+            else:
+                if self.record.phase == "active":
+                    await self._sweep_unrecorded_processes()
+                await self._settle_spawns()
             task_status.started()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -356,37 +365,57 @@ class ContainerActor:
         self._nursery.start_soon(self._spawn, command, started, reply)
 
     async def _spawn(self, command: RunProcess, started: Started, reply: Reply) -> None:
-        """Spawn one process and record it (the crash-safety of the gap in between is the
-        start-up sweep of process dirs the log does not know: `_sweep_unrecorded_processes`)."""
+        """Spawn one process and record it. Its ProcessSpawning record is written while the
+        runtime starts it (`announce`), so the process id can be answered once the pid is
+        reported; ProcessStarted with the pids follows without being waited for (it is
+        durable before ProcessExited, which comes after it). A crash before ProcessSpawning
+        is durable leaves a process dir the log does not know (`_sweep_unrecorded_processes`),
+        one after it a spawn the next start settles from the pid files (`_settle_spawns`)."""
         spec, process_id = command.spec, command.process_id
         record = self.record
         if not spec.user and record.default_user:
             spec = msgspec.structs.replace(spec, user=record.default_user)
         if not spec.dir and record.default_dir:
             spec = msgspec.structs.replace(spec, dir=record.default_dir)
-        try:
-            facts = await self._process_kernel.spawn(
-                record.plan(),
-                started,
-                spec,
-                process_id,
-                container_env=record.env,
-                privileged_container=record.uid_base is None,
+        args = [spec.path, *spec.args]
+        announced: list[Pending] = []
+
+        def announce(planned: SpawnedProcess) -> None:
+            spawning = ev.ProcessSpawning(
+                handle=self.handle, process_id=process_id, facts=planned, args=args
             )
+            announced.append(self._journal.submit(spawning, origin=command.origin))
+
+        try:
+            try:
+                facts = await self._process_kernel.spawn(
+                    record.plan(),
+                    started,
+                    spec,
+                    process_id,
+                    container_env=record.env,
+                    privileged_container=record.uid_base is None,
+                    announce=announce,
+                )
+            except BaseException as exc:
+                if announced:  # the log says it is starting: it must also say it did not
+                    with trio.CancelScope(shield=True):
+                        await self._record_spawn_failed(announced[0], process_id, exc)
+                raise
             faults.reached("process:after-spawn")
             # Recorded and watched even if the server is stopping meanwhile: a process runs
-            # only with its facts in the log (or it is swept at the next start).
+            # only with its spawn in the log (or it is swept at the next start).
             with trio.CancelScope(shield=True):
+                event = ev.ProcessStarted(
+                    handle=self.handle, process_id=process_id, facts=facts, args=args
+                )
+                pids: Pending | None = None
                 try:
-                    await self._journal.record(
-                        ev.ProcessStarted(
-                            handle=self.handle,
-                            process_id=process_id,
-                            facts=facts,
-                            args=[spec.path, *spec.args],
-                        ),
-                        origin=command.origin,
-                    )
+                    if announced:
+                        await announced[0].wait()  # durable: the process id may be told
+                        pids = self._journal.submit(event, origin=command.origin, lazy=True)
+                    else:  # a kernel that announces nothing: the old way, one record
+                        await self._journal.record(event, origin=command.origin)
                 except GardenError:
                     # Not recorded (the log's disk is full...): the process must not run on
                     # unknown to the log and to every later request.
@@ -394,7 +423,7 @@ class ContainerActor:
                     raise
                 process = self.processes.add(process_id, facts, None)
                 assert self._nursery is not None
-                self._nursery.start_soon(self.processes.watch, process)
+                self._nursery.start_soon(self.processes.watch, process, pids)
             log.info(
                 "process-started handle=%s process_id=%s pid=%d",
                 self.handle,
@@ -412,6 +441,49 @@ class ContainerActor:
         finally:
             self._spawning.pop(process_id).set()
             reply.fail(ContainerNotFoundError(self.handle))  # cancelled: a no-op once settled
+
+    async def _record_spawn_failed(
+        self, spawning: Pending, process_id: str, exc: BaseException
+    ) -> None:
+        """After a failed spawn whose ProcessSpawning was queued: ProcessSpawnFailed, if the
+        former was written (else the log knows nothing of it). If this cannot be written
+        either, the next start finds no pid file and records it then."""
+        try:
+            await spawning.wait()
+        except GardenError:
+            return
+        reason = exc.message if isinstance(exc, GardenError) else type(exc).__name__
+        try:
+            await self._journal.record(
+                ev.ProcessSpawnFailed(handle=self.handle, process_id=process_id, reason=reason)
+            )
+        except GardenError as e:
+            log.warning("spawn-failure-unrecorded handle=%s process_id=%s error=%s",
+                        self.handle, process_id, e)  # fmt: skip
+
+    async def _settle_spawns(self) -> None:
+        """At start-up: the spawns the log announced (ProcessSpawning) but never settled, as
+        the server stopped in between; each process either ran (its pid file says so: it is
+        recorded as started now, and watched like any other) or did not."""
+        for state in list(self.record.processes.values()):
+            if state.facts.pids_known or state.exit_status is not None:
+                continue
+            facts = await self._process_kernel.find_announced(state.facts)
+            if facts is None:
+                reason = "the server stopped before the process started"
+                log.warning("spawn-settled-failed handle=%s process_id=%s",
+                            self.handle, state.process_id)  # fmt: skip
+                await self._journal.record(
+                    ev.ProcessSpawnFailed(
+                        handle=self.handle, process_id=state.process_id, reason=reason
+                    )
+                )
+            else:
+                log.info("spawn-settled-started handle=%s process_id=%s pid=%d",
+                         self.handle, state.process_id, facts.pid)  # fmt: skip
+                await self._journal.record(
+                    ev.ProcessStarted(handle=self.handle, process_id=state.process_id, facts=facts)
+                )
 
     async def _wait_spawns(self) -> None:
         """Until no spawn is in flight (each is bounded: `monitor.spawn` gives up after 60 s)."""

@@ -117,9 +117,12 @@ class ProcessKernel(Protocol):
         *,
         container_env: list[str],
         privileged_container: bool,
+        announce: Callable[[SpawnedProcess], object] | None = None,
     ) -> SpawnedProcess:
         """Start the process; `ExecutableNotFoundError`/`InvalidRequestError` before anything
-        runs when the spec cannot work."""
+        runs when the spec cannot work. `announce(planned)`, if given, is called once right
+        before the process is started, with its facts but for the pids (0); if it raises,
+        nothing is started."""
         ...
 
     async def wait_exit(self, facts: SpawnedProcess) -> int | None:
@@ -140,6 +143,12 @@ class ProcessKernel(Protocol):
 
     async def cleanup(self, facts: SpawnedProcess) -> None:
         """Kill it if it still runs and remove its files and monitor leftovers."""
+        ...
+
+    async def find_announced(self, planned: SpawnedProcess) -> SpawnedProcess | None:
+        """At start-up, for a spawn announced but never settled in the log: its facts with
+        the pids (from the files it left), or None if no process ran (then nothing of it is
+        left)."""
         ...
 
     async def sweep(self, plan: ContainerPlan, known: set[str]) -> list[str]:

@@ -10,9 +10,9 @@ from typing import final
 import trio
 
 from garden.actors.ports import ProcessKernel
-from garden.errors import ProcessNotFoundError
+from garden.errors import GardenError, ProcessNotFoundError
 from garden.events import schema as ev
-from garden.events.journal import Journal
+from garden.events.journal import Journal, Pending
 from garden.linux.plan import SpawnedProcess
 
 log = logging.getLogger("garden.process")
@@ -85,9 +85,10 @@ class ProcessTable:
     def forget(self, process_id: str) -> None:
         self._by_id.pop(process_id, None)
 
-    async def watch(self, process: LiveProcess) -> None:
+    async def watch(self, process: LiveProcess, started: Pending | None = None) -> None:
         """Wait for the process to exit (also one that exited while the server was down) and
-        record its status."""
+        record its status; `started` is its ProcessStarted record if that is still on its
+        way (its failure is reported here: the next start finds the pids in its files)."""
         status = await self._kernel.wait_exit(process.facts)
         lost = status is None
         if status is None:
@@ -96,7 +97,7 @@ class ProcessTable:
             )
             status = LOST_EXIT_STATUS
         with trio.CancelScope(shield=True):
-            await self._journal.record(
+            exited = self._journal.submit(  # after `started` in the log, in its batch or later
                 ev.ProcessExited(
                     handle=self.handle,
                     process_id=process.process_id,
@@ -104,6 +105,13 @@ class ProcessTable:
                     lost=lost,
                 )
             )
+            if started is not None:
+                try:
+                    await started.wait()
+                except GardenError as e:
+                    log.warning("process-started-unrecorded handle=%s process_id=%s error=%s",
+                                self.handle, process.process_id, e)  # fmt: skip
+            await exited.wait()
         process.set_exited(status)
         log.info(
             "process-exited handle=%s process_id=%s status=%d",

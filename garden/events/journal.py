@@ -37,6 +37,9 @@ from garden.events.schema import AnyEvent, Origin, Record
 NO_ORIGIN: Final = Origin()
 RECENT: Final = 4096  # records kept in memory for followers that are nearly caught up
 CHUNK: Final = 1024  # records a follower fetches at a time
+# How long a lazy submit may wait for a record somebody waits for, to share its fsync (a
+# process's ProcessStarted and, for a short one, its ProcessExited: one fsync, not two).
+LAZY_WAIT: Final = 0.01
 
 
 @final
@@ -53,14 +56,17 @@ class JournalStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 @final
-class _Pending:
-    """One `record()` call's events, waiting for the writer."""
+class Pending:
+    """One `record()` or `submit()` call's events, waiting for the writer."""
 
-    __slots__ = ("done", "error", "events", "origin", "records")
+    __slots__ = ("done", "error", "events", "lazy_until", "origin", "records")
 
-    def __init__(self, events: tuple[AnyEvent, ...], origin: Origin) -> None:
+    def __init__(
+        self, events: tuple[AnyEvent, ...], origin: Origin, lazy_until: float | None = None
+    ) -> None:
         self.events = events
         self.origin = origin
+        self.lazy_until = lazy_until  # trio time by which a lazy submit is written at the latest
         self.done = trio.Event()
         self.records: list[Record] = []
         self.error: InternalError | ServiceUnavailableError | None = None
@@ -68,6 +74,13 @@ class _Pending:
     def fail(self, error: InternalError | ServiceUnavailableError) -> None:
         self.error = error
         self.done.set()
+
+    async def wait(self) -> list[Record]:
+        """Until the events are durable and applied: their records, or the write's error."""
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.records
 
 
 @final
@@ -89,7 +102,7 @@ class Journal:
         self._write_in_thread = write_in_thread
         self._apply = apply
         self._clock = clock
-        self._queue: list[_Pending] = []
+        self._queue: list[Pending] = []
         self._has_work = trio.Event()
         self._closing = False
         self._started = False
@@ -137,22 +150,29 @@ class Journal:
         """Make `events` durable and applied, in order, as consecutive records; return them.
         See the module docstring for errors and cancellation."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        if self._closing:
-            raise ServiceUnavailableError("the event journal is shutting down")
         if not events:
+            if self._closing:
+                raise ServiceUnavailableError("the event journal is shutting down")
             await trio.lowlevel.cancel_shielded_checkpoint()
             return []
+        return await self.submit(*events, origin=origin).wait()
+
+    def submit(self, *events: AnyEvent, origin: Origin = NO_ORIGIN, lazy: bool = False) -> Pending:
+        """Queue `events` as `record()` does, without waiting: they are written before
+        whatever is queued after them (the same batch or an earlier one). `await
+        pending.wait()` for the outcome; until then nothing may be told that depends on
+        them being durable. `lazy`: nobody waits for them yet, so the writer holds them up
+        to LAZY_WAIT s for a record somebody waits for, to share its fsync."""
+        if self._closing:
+            raise ServiceUnavailableError("the event journal is shutting down")
         try:
             check_events(events)
         except ValueError as exc:
             raise InternalError(str(exc)) from exc
-        pending = _Pending(events, origin)
+        pending = Pending(events, origin, trio.current_time() + LAZY_WAIT if lazy else None)
         self._queue.append(pending)
         self._has_work.set()
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.records
+        return pending
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The writer loop. Returns once `aclose` has drained the queue."""
@@ -167,6 +187,13 @@ class Journal:
                         self._has_work = trio.Event()
                         await self._has_work.wait()
                         continue
+                    if not self._closing and all(p.lazy_until for p in self._queue):
+                        deadline = min(p.lazy_until or 0.0 for p in self._queue)
+                        if trio.current_time() < deadline:
+                            self._has_work = trio.Event()
+                            with trio.move_on_at(deadline):
+                                await self._has_work.wait()
+                            continue
                     await trio.lowlevel.checkpoint_if_cancelled()  # aclose's deadline passed?
                     batch, self._queue = self._queue, []
                     with trio.CancelScope(shield=True):
@@ -197,7 +224,7 @@ class Journal:
         self._stopped.set()
         self._new_records.set()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[Pending]) -> None:
         items = [(event, p.origin) for p in batch for event in p.events]
         size_before = self._log.size_bytes
         try:

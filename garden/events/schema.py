@@ -105,9 +105,33 @@ class ContainerDestroyed(Event, tag=True, frozen=True):
     handle: str
 
 
+class ProcessSpawning(Event, tag=True, frozen=True):
+    """A process is being started in the container: written while the runtime starts it, so
+    that the process id is durable before the client hears it without waiting for a second
+    fsync after the pid. `facts` name its dir, monitor and output format; their pids are 0
+    until ProcessStarted (or, after a crash in between, until the next start finds them in
+    the dir's pid files and records ProcessStarted, or ProcessSpawnFailed if it never ran)."""
+
+    handle: str
+    process_id: str
+    facts: SpawnedProcess
+    args: list[str] = []
+
+
+class ProcessSpawnFailed(Event, tag=True, frozen=True):
+    """The spawn of ProcessSpawning started no process (the runtime failed, or the server
+    stopped before the process ran): the process id is free again."""
+
+    handle: str
+    process_id: str
+    reason: str
+
+
 class ProcessStarted(Event, tag=True, frozen=True):
     """A process runs in the container under its monitor; `facts` find it again after a
-    restart (pids with start times, its directory with the output log and exit file)."""
+    restart (pids with start times, its directory with the output log and exit file). After
+    ProcessSpawning it need not be durable before the client hears the process id, only
+    before it hears the exit status (ProcessExited comes after it)."""
 
     handle: str
     process_id: str
@@ -210,6 +234,8 @@ AnyEvent = (
     | ContainerRestored
     | ContainerDestroyStarted
     | ContainerDestroyed
+    | ProcessSpawning
+    | ProcessSpawnFailed
     | ProcessStarted
     | ProcessExited
     | NetInMapped

@@ -204,9 +204,16 @@ def _evolve_container(c: ContainerState, event: ev.AnyEvent) -> ContainerState:
             return replace(c, phase="stopped", events=events)
         case ev.ContainerDestroyStarted():
             return replace(c, phase="destroying")
-        case ev.ProcessStarted():
+        case ev.ProcessSpawning() | ev.ProcessStarted():
             process = ProcessState(process_id=event.process_id, facts=event.facts)
             return replace(c, processes={**c.processes, event.process_id: process})
+        case ev.ProcessSpawnFailed():
+            current = c.processes.get(event.process_id)
+            if current is None or current.facts.pids_known:  # only a spawn in flight fails
+                return c
+            processes = dict(c.processes)
+            del processes[event.process_id]
+            return replace(c, processes=processes)
         case ev.ProcessExited():
             current = c.processes.get(event.process_id)
             if current is None:

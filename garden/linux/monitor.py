@@ -62,6 +62,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Literal
 
+import msgspec
 import trio
 
 from garden.errors import (
@@ -114,6 +115,7 @@ async def spawn(
     garden_monitor: str | None = None,
     log_format: LogFormat = "k8s-file",
     before_start: Callable[[Path], object] | None = None,
+    announce: Callable[[SpawnedProcess], object] | None = None,
 ) -> SpawnedProcess:
     """Start `process` (an OCI process object) in container `container_id` of the runtime
     binary `runtime` whose state dir is `runtime_root`; return once it runs (or has run).
@@ -124,7 +126,9 @@ async def spawn(
     O_APPEND): conmon copies nothing. It is ignored for a TTY (conmon refuses it) and with
     `stdin` (conmon then forwards no stdin: the process gets conmon's own, /dev/null).
     `before_start(process_dir)` runs once the dir and those files exist, before conmon does
-    (to watch them from the first byte); if it raises, nothing is started.
+    (to watch them from the first byte); if it raises, nothing is started. So does
+    `announce(planned)` after it, with the facts as they will be but for the pids (0), while
+    the runtime has yet to run (the caller records them meanwhile: ProcessSpawning).
     `garden_monitor` (the path of the binary) monitors a passthrough process instead of
     conmon: ~4 ms less per spawn (docs/adr/garden-monitor.md).
     Shielded from cancellation while conmon starts (bounded by 60 s); a caller cancelled
@@ -149,12 +153,27 @@ async def spawn(
         socket_dir=None if ours is not None else Path(socket_dir),
         passthrough=log_format == "passthrough",
     )
-    if before_start is not None:
-        try:
+    planned = SpawnedProcess(
+        container_id=container_id,
+        process_dir=str(pdir),
+        socket_link=str(link) if ours is None else "",
+        pid=0,
+        pid_start_time=None,
+        conmon_pid=0,
+        conmon_start_time=None,
+        tty=tty,
+        stdin=stdin,
+        log_format=log_format,
+        monitor="conmon" if ours is None else "garden-monitor",
+    )
+    try:
+        if before_start is not None:
             before_start(pdir)
-        except BaseException:
-            shutil.rmtree(pdir, ignore_errors=True)
-            raise
+        if announce is not None:
+            announce(planned)
+    except BaseException:
+        shutil.rmtree(pdir, ignore_errors=True)
+        raise
     with trio.CancelScope(shield=True) as scope:
         scope.deadline = trio.current_time() + _SPAWN_TIMEOUT
         try:
@@ -180,18 +199,12 @@ async def spawn(
             raise
     if scope.cancelled_caught:
         raise RuntimeFailedError("conmon exec", f"no pid within {_SPAWN_TIMEOUT} s")
-    facts = SpawnedProcess(
-        container_id=container_id,
-        process_dir=str(pdir),
-        socket_link=str(link) if ours is None else "",
+    facts = msgspec.structs.replace(
+        planned,
         pid=pid,
         pid_start_time=pid_start_time(pid),
         conmon_pid=conmon_pid,
         conmon_start_time=pid_start_time(conmon_pid),
-        tty=tty,
-        stdin=stdin,
-        log_format=log_format,
-        monitor="conmon" if ours is None else "garden-monitor",
     )
     try:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -257,10 +270,7 @@ def _prepare_dirs(
 def kill_unrecorded(pdir: Path) -> None:
     """Kill the process and the conmon of a process dir whose facts were never recorded (a
     crash between spawn and its event), by the pid files conmon wrote."""
-    try:
-        pid = int((pdir / "pid").read_text().strip())
-    except (OSError, ValueError):
-        pid = 0
+    pid = _read_pid(pdir / "pid")
     if pid > 0:
         fd = open_pidfd(pid)
         if fd is not None:
@@ -270,6 +280,40 @@ def kill_unrecorded(pdir: Path) -> None:
             finally:
                 os.close(fd)
     _kill_monitor_of(pdir)
+
+
+def find_announced(planned: SpawnedProcess) -> SpawnedProcess | None:
+    """The facts of a process whose spawn was announced (`planned`, pids 0) but whose pids
+    never reached the log (the server stopped in between), from the pid files in its dir; or
+    None if the runtime wrote no pid (no process ran: then its monitor, if any, is killed
+    and the dir removed). A pid that no longer names the process or the monitor the file was
+    written for gets no start time: that one is gone (its exit file, if any, says how)."""
+    pdir = Path(planned.process_dir)
+    pid = _read_pid(pdir / "pid")
+    if pid <= 0:
+        kill_unrecorded(pdir)
+        shutil.rmtree(pdir, ignore_errors=True)
+        return None
+    name = "monitor.pid" if planned.monitor == "garden-monitor" else "conmon.pid"
+    monitor_pid = _read_pid(pdir / name)
+    monitor_start = None
+    if monitor_pid > 0 and _monitors(monitor_pid, pdir):
+        monitor_start = pid_start_time(monitor_pid)
+    start = pid_start_time(pid) if _started_when_written(pid, pdir / "pid") else None
+    return msgspec.structs.replace(
+        planned,
+        pid=pid,
+        pid_start_time=start,
+        conmon_pid=max(monitor_pid, 0),
+        conmon_start_time=monitor_start,
+    )
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
 
 
 def _started_when_written(pid: int, pid_file: Path, slack: float = 60.0) -> bool:
@@ -292,11 +336,8 @@ def _started_when_written(pid: int, pid_file: Path, slack: float = 60.0) -> bool
 def _kill_monitor_of(pdir: Path) -> None:
     """SIGKILL the monitor whose pid file is in `pdir` (and reap it if it is our child)."""
     for name in ("conmon.pid", "monitor.pid"):
-        try:
-            monitor_pid = int((pdir / name).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        fd = open_pidfd(monitor_pid)
+        monitor_pid = _read_pid(pdir / name)
+        fd = open_pidfd(monitor_pid) if monitor_pid > 0 else None
         if fd is not None:
             try:
                 if _monitors(monitor_pid, pdir):

@@ -132,7 +132,7 @@ class SpawnedProcess(msgspec.Struct, frozen=True, kw_only=True):
     container_id: str
     process_dir: str
     socket_link: str  # <socket_dir>/<token>, conmon's symlink to process_dir ("": none)
-    pid: int  # host pid of the process
+    pid: int  # host pid of the process; 0 while its spawn is only announced (ProcessSpawning)
     pid_start_time: int | None  # None: it had already exited when we looked
     conmon_pid: int
     conmon_start_time: int | None
@@ -145,6 +145,11 @@ class SpawnedProcess(msgspec.Struct, frozen=True, kw_only=True):
     # Which monitor runs it; `conmon_pid`/`conmon_start_time` are that monitor's, whichever it
     # is (the names are from before garden-monitor). Processes recorded before it: conmon.
     monitor: Literal["conmon", "garden-monitor"] = "conmon"
+
+    @property
+    def pids_known(self) -> bool:
+        """False for the facts of a spawn announced before the runtime reported the pid."""
+        return self.pid > 0
 
     @property
     def log_path(self) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import final
@@ -80,6 +80,7 @@ class LinuxProcesses:
         *,
         container_env: list[str],
         privileged_container: bool,
+        announce: Callable[[SpawnedProcess], object] | None = None,
     ) -> SpawnedProcess:
         pdir = self.process_dir(plan, process_id)
         if pdir.exists():
@@ -120,6 +121,7 @@ class LinuxProcesses:
                 garden_monitor=self.garden_monitor,
                 # Indexed from before the first byte, held for the running process.
                 before_start=lambda d: self._acquire(str(d), running=True, pin=True),
+                announce=announce,
             )
         except BaseException:
             self._release(str(pdir), running=True)
@@ -217,6 +219,9 @@ class LinuxProcesses:
     async def cleanup(self, facts: SpawnedProcess) -> None:
         self._release(facts.process_dir, running=True)
         await monitor.cleanup(facts)
+
+    async def find_announced(self, planned: SpawnedProcess) -> SpawnedProcess | None:
+        return await trio.to_thread.run_sync(monitor.find_announced, planned)
 
     async def sweep(self, plan: ContainerPlan, known: set[str]) -> list[str]:
         """Kill and remove the processes of this container that the log does not know (a crash

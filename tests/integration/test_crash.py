@@ -85,6 +85,7 @@ CASES: list[tuple[str, Callable[[httpx.Client], None], bool]] = [
     ("record:PropertySet", op_property, True),
     ("record:PropertyDeleted", op_property_delete, True),
     ("record:GraceTimeSet", op_grace_time, True),
+    ("record:ProcessSpawning", op_run, True),
     ("process:after-spawn", op_run, True),
     ("record:ProcessStarted", op_run, True),
     ("record:ProcessExited", op_run, True),
@@ -121,12 +122,14 @@ def test_crash_at(
             assert c.get("/containers/victim/properties/k").status_code == 404
         if point == "record:GraceTimeSet":
             assert c.get("/containers/victim/info").json()["grace_time"] == 3600
-        if point in ("record:ProcessStarted", "record:ProcessExited"):
+        if point in ("record:ProcessSpawning", "record:ProcessStarted", "record:ProcessExited"):
+            # After ProcessSpawning the start settles the spawn from the pid files.
             with c.stream("GET", "/containers/victim/processes/proc") as r:
                 payloads = [json.loads(line) for line in r.iter_lines() if line]
             assert payloads[-1] == {"process_id": "proc", "exit_status": 0}
         if point == "process:after-spawn":
-            # The unrecorded process was swept; its id is free again.
+            # Settled from its pid files if its announcement was durable, else swept: its id
+            # is free again either way (the process has exited).
             assert run_true(c, "victim", "proc")[-1]["exit_status"] == 0
         if point == "record:ContainerStopped":
             assert c.get("/containers/victim/info").json()["state"] == "stopped"

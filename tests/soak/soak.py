@@ -39,6 +39,7 @@ POINTS = [
     "record:ContainerCreateStarted",
     "record:ContainerCreated",
     "record:PropertySet",
+    "record:ProcessSpawning",
     "record:ProcessStarted",
     "record:ProcessExited",
     "record:ContainerDestroyStarted",

@@ -4,7 +4,7 @@ making containers and links."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -166,20 +166,33 @@ class FakeProcesses:
         *,
         container_env: list[str],
         privileged_container: bool,
+        announce: Callable[[SpawnedProcess], object] | None = None,
     ) -> SpawnedProcess:
         await trio.lowlevel.checkpoint()
         if spec.path == "/missing":
             raise ExecutableNotFoundError(f"{spec.path} not found", handle=plan.handle)
-        facts = SpawnedProcess(
+        planned = SpawnedProcess(
             container_id=plan.container_id,
             process_dir=f"/fake/{plan.container_id}/{process_id}",
             socket_link="/fake/link",
+            pid=0,
+            pid_start_time=None,
+            conmon_pid=0,
+            conmon_start_time=None,
+            tty=False,
+            stdin=spec.stdin,
+        )
+        if announce is not None:
+            announce(planned)
+        await trio.lowlevel.checkpoint()  # the runtime runs meanwhile
+        if spec.path == "/runtime-fails":
+            raise RuntimeFailedError("fake exec", "the runtime said no")
+        facts = msgspec.structs.replace(
+            planned,
             pid=len(self.spawned) + 5000,
             pid_start_time=1,
             conmon_pid=1,
             conmon_start_time=1,
-            tty=False,
-            stdin=spec.stdin,
         )
         self.spawned[facts.process_dir] = facts
         self.outputs[facts.process_dir] = [
@@ -223,6 +236,11 @@ class FakeProcesses:
     async def cleanup(self, facts: SpawnedProcess) -> None:
         await trio.lowlevel.checkpoint()
         self.cleaned.append(facts.process_dir)
+
+    async def find_announced(self, planned: SpawnedProcess) -> SpawnedProcess | None:
+        """What a crashed server's spawn left: the facts `spawned` holds, if any."""
+        await trio.lowlevel.checkpoint()
+        return self.spawned.get(planned.process_dir)
 
     async def sweep(self, plan: ContainerPlan, known: set[str]) -> list[str]:
         await trio.lowlevel.checkpoint()

@@ -3,6 +3,7 @@ behind one, a duplicate id of a spawn in flight is refused, and stop/destroy wai
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -35,6 +36,7 @@ class Gate:
             *,
             container_env: list[str],
             privileged_container: bool,
+            announce: Callable[[SpawnedProcess], object] | None = None,
         ) -> SpawnedProcess:
             self.waiting += 1
             self.entered.set()
@@ -46,6 +48,7 @@ class Gate:
                 process_id,
                 container_env=container_env,
                 privileged_container=privileged_container,
+                announce=announce,
             )
 
         setattr(processes, "spawn", spawn)  # noqa: B010 (an instance attribute over the method)

@@ -46,6 +46,7 @@ async def running(
     kernel: FakeKernel,
     networker: FakeNetworker | None = None,
     files: ContainerFiles | None = None,
+    processes: FakeProcesses | None = None,
 ) -> AsyncIterator[tuple[Supervisor, EventLog]]:
     """A supervisor on fakes and a real event log in the config's state dir."""
     if networker is None:
@@ -62,7 +63,7 @@ async def running(
                 state=state,
                 journal=journal,
                 kernel=kernel,
-                processes=FakeProcesses(),
+                processes=processes if processes is not None else FakeProcesses(),
                 networker=networker,
                 files=files,
             )

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 
@@ -219,3 +220,49 @@ async def test_a_first_process_flags_its_processes_dir_topdir(
         assert (topdir.flags(parent) or 0) & topdir.FS_TOPDIR_FL
     finally:
         shutil.rmtree(parent, ignore_errors=True)
+
+
+async def test_find_announced_reads_the_pids_a_spawn_left(container: Container, exe: str) -> None:
+    """A crash between ProcessSpawning and ProcessStarted: the next start gets the same facts
+    from the pid files as the spawn returned (announced first with pids 0)."""
+    pdir = container.processes / uuid.uuid4().hex
+    planned: list[SpawnedProcess] = []
+    facts = await monitor.spawn(
+        runtime=RUNC,
+        runtime_root=container.runtime_root,
+        container_id=container.id,
+        process_dir=pdir,
+        process=process_json(container, "sleep", "60"),
+        socket_dir=container.socket_dir,
+        log_format="passthrough",
+        garden_monitor=exe,
+        announce=planned.append,
+    )
+    try:
+        unknown = {"pid": 0, "pid_start_time": None, "conmon_pid": 0, "conmon_start_time": None}
+        assert planned == [msgspec.structs.replace(facts, **unknown)]
+        assert facts.pid_start_time is not None and facts.conmon_start_time is not None
+        assert monitor.find_announced(planned[0]) == facts
+    finally:
+        await monitor.cleanup(facts)
+
+
+async def test_find_announced_without_a_pid_kills_its_monitor(tmp_path: Path) -> None:
+    """No pid file: the runtime never reported a process. Whatever the monitor pid file names
+    is killed if it monitors that dir (its command line names it), and the dir goes."""
+    pdir = tmp_path / "p"
+    (pdir / "exit").mkdir(parents=True)
+    stand_in = await trio.lowlevel.open_process(["sh", "-c", "sleep 60", str(pdir)])
+    try:
+        (pdir / "monitor.pid").write_text(str(stand_in.pid))
+        planned = SpawnedProcess(
+            container_id="gtest-x", process_dir=str(pdir), socket_link="", pid=0,
+            pid_start_time=None, conmon_pid=0, conmon_start_time=None, tty=False,
+            stdin=False, log_format="passthrough", monitor="garden-monitor",
+        )  # fmt: skip
+        assert monitor.find_announced(planned) is None
+        assert pid_start_time(stand_in.pid) is None  # killed, and reaped (it is our child)
+        assert not pdir.exists()
+    finally:
+        stand_in.kill()
+        await stand_in.wait()

@@ -123,6 +123,16 @@ EVENTS: dict[type, st.SearchStrategy[s.AnyEvent]] = {
         reason=st.sampled_from(["request", "grace", "recovery", "create-failed"]),
     ),
     s.ContainerDestroyed: st.builds(s.ContainerDestroyed, handle=text),
+    s.ProcessSpawning: st.builds(
+        s.ProcessSpawning,
+        handle=text,
+        process_id=text,
+        facts=facts,
+        args=st.lists(text, max_size=3),
+    ),
+    s.ProcessSpawnFailed: st.builds(
+        s.ProcessSpawnFailed, handle=text, process_id=text, reason=text
+    ),
     s.ProcessStarted: st.builds(
         s.ProcessStarted,
         handle=text,

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from garden.errors import InternalError, ServiceUnavailableError
-from garden.events.journal import RECENT, Journal
+from garden.events.journal import LAZY_WAIT, RECENT, Journal
 from garden.events.log import EventLog
 from garden.events.schema import GraceTimeSet, Origin, PropertySet, Record
 
@@ -295,3 +295,48 @@ async def test_write_in_trio_thread_keeps_autojump_deadlines_honest(
                 await journal.record(prop(i))
         await journal.aclose()
     assert applied.seqs == list(range(1, 21)) and trio.current_time() < 1
+
+
+async def test_lazy_submit_waits_to_share_the_next_waited_for_batch(
+    journal: Journal,
+    applied: Applied,
+    monkeypatch: pytest.MonkeyPatch,
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A lazy submit (ProcessStarted: nobody waits for it) is held for a record somebody
+    waits for (ProcessExited) and goes out in its batch: one fsync for both, in order. (The
+    mock clock stands still: however slow the machine, LAZY_WAIT does not pass.)"""
+    fsyncs = count_fsyncs(monkeypatch)
+    lazy = journal.submit(prop(1), lazy=True)
+    await trio.testing.wait_all_tasks_blocked()  # the writer holds it (it is not written)
+    assert fsyncs == [] and applied.seqs == []
+    records = await journal.record(prop(2))
+    assert [r.seq for r in await lazy.wait()] == [1] and [r.seq for r in records] == [2]
+    assert len(fsyncs) == 1 and journal.stats().largest_batch == 2
+
+
+async def test_lazy_submit_alone_is_written_after_lazy_wait(
+    opened: EventLog, applied: Applied, autojump_clock: trio.testing.MockClock
+) -> None:
+    journal = Journal(opened, applied, write_in_thread=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        started = trio.current_time()
+        pending = journal.submit(prop(1), lazy=True)
+        records = await pending.wait()
+        assert [r.seq for r in records] == [1] == applied.seqs
+        assert trio.current_time() - started == pytest.approx(LAZY_WAIT)
+        await journal.aclose()
+
+
+async def test_aclose_writes_a_lazy_submit_at_once(
+    opened: EventLog, applied: Applied, autojump_clock: trio.testing.MockClock
+) -> None:
+    journal = Journal(opened, applied, write_in_thread=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(journal.run)
+        started = trio.current_time()
+        pending = journal.submit(prop(1), lazy=True)
+        await journal.aclose()
+        assert [r.seq for r in await pending.wait()] == [1]
+        assert trio.current_time() - started < LAZY_WAIT
