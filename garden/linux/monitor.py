@@ -53,11 +53,13 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import signal as _signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -79,6 +81,7 @@ from garden.linux.topdir import make_topdir
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes, NUL included
 _STDIN_PACKET = 16384  # conmon reads one attach packet into a 32 KiB buffer; more is cut off
 _SPAWN_TIMEOUT = 60.0
+_PID_POLL = 0.01  # s between looks at a pid file a crashed server's spawn may still write
 _CLEANUP_TIMEOUT = 10.0
 
 ProcessStatus = Literal["running", "exited", "lost"]
@@ -282,19 +285,23 @@ def kill_unrecorded(pdir: Path) -> None:
     _kill_monitor_of(pdir)
 
 
-def find_announced(planned: SpawnedProcess) -> SpawnedProcess | None:
+def find_announced(
+    planned: SpawnedProcess, *, timeout: float = _SPAWN_TIMEOUT
+) -> SpawnedProcess | None:
     """The facts of a process whose spawn was announced (`planned`, pids 0) but whose pids
     never reached the log (the server stopped in between), from the pid files in its dir; or
     None if the runtime wrote no pid (no process ran: then its monitor, if any, is killed
-    and the dir removed). A pid that no longer names the process or the monitor the file was
-    written for gets no start time: that one is gone (its exit file, if any, says how)."""
+    and the dir removed). A spawn still under way (its monitor lives, the runtime has yet to
+    write the pid) is waited for, at most `timeout` s. A pid that no longer names the process
+    or the monitor the file was written for gets no start time: that one is gone (its exit
+    file, if any, says how). Blocking: a worker thread's work."""
     pdir = Path(planned.process_dir)
-    pid = _read_pid(pdir / "pid")
+    name = "monitor.pid" if planned.monitor == "garden-monitor" else "conmon.pid"
+    pid = _wait_for_pid(pdir, name, timeout)
     if pid <= 0:
         kill_unrecorded(pdir)
         shutil.rmtree(pdir, ignore_errors=True)
         return None
-    name = "monitor.pid" if planned.monitor == "garden-monitor" else "conmon.pid"
     monitor_pid = _read_pid(pdir / name)
     monitor_start = None
     if monitor_pid > 0 and _monitors(monitor_pid, pdir):
@@ -307,6 +314,30 @@ def find_announced(planned: SpawnedProcess) -> SpawnedProcess | None:
         conmon_pid=max(monitor_pid, 0),
         conmon_start_time=monitor_start,
     )
+
+
+def _wait_for_pid(pdir: Path, monitor_file: str, timeout: float) -> int:
+    """The pid the runtime wrote to `pdir/pid`; while there is none but the monitor of
+    `pdir` lives (it is still starting the runtime), wait for either, at most `timeout` s;
+    0 if no pid came."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = _read_pid(pdir / "pid")  # (an empty file: the runtime is writing it)
+        if pid > 0:
+            return pid
+        monitor_pid = _read_pid(pdir / monitor_file)
+        fd = open_pidfd(monitor_pid) if monitor_pid > 0 else None
+        if fd is None:
+            return _read_pid(pdir / "pid")  # the monitor is gone: whatever it left
+        try:
+            remaining = deadline - time.monotonic()
+            if not _monitors(monitor_pid, pdir) or remaining <= 0:
+                return 0
+            # The pidfd turns readable when the monitor exits; the pid file is looked at
+            # again every _PID_POLL s meanwhile (nothing signals its writing).
+            select.select([fd], [], [], min(remaining, _PID_POLL))
+        finally:
+            os.close(fd)
 
 
 def _read_pid(path: Path) -> int:

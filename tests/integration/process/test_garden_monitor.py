@@ -248,8 +248,9 @@ async def test_find_announced_reads_the_pids_a_spawn_left(container: Container, 
 
 
 async def test_find_announced_without_a_pid_kills_its_monitor(tmp_path: Path) -> None:
-    """No pid file: the runtime never reported a process. Whatever the monitor pid file names
-    is killed if it monitors that dir (its command line names it), and the dir goes."""
+    """No pid file within the spawn's time: the runtime never reported a process. Whatever
+    the monitor pid file names is killed if it monitors that dir (its command line names
+    it), and the dir goes."""
     pdir = tmp_path / "p"
     (pdir / "exit").mkdir(parents=True)
     stand_in = await trio.lowlevel.open_process(["sh", "-c", "sleep 60", str(pdir)])
@@ -260,8 +261,40 @@ async def test_find_announced_without_a_pid_kills_its_monitor(tmp_path: Path) ->
             pid_start_time=None, conmon_pid=0, conmon_start_time=None, tty=False,
             stdin=False, log_format="passthrough", monitor="garden-monitor",
         )  # fmt: skip
-        assert monitor.find_announced(planned) is None
+        assert monitor.find_announced(planned, timeout=0.05) is None
         assert pid_start_time(stand_in.pid) is None  # killed, and reaped (it is our child)
+        assert not pdir.exists()
+    finally:
+        stand_in.kill()
+        await stand_in.wait()
+
+
+async def test_find_announced_waits_for_a_spawn_still_under_way(tmp_path: Path) -> None:
+    """Regression (CI, crash at record:ProcessSpawning under load): the next start looked
+    before the runtime had written the pid, called the spawn failed and killed its monitor.
+    While the monitor lives and no pid is written, the start waits for one."""
+    pdir = tmp_path / "p"
+    (pdir / "exit").mkdir(parents=True)
+    # It "starts" pid 1: a pid that surely did not start when the file was written.
+    script = f"sleep 0.3; echo 1 > {pdir}/pid.tmp; mv {pdir}/pid.tmp {pdir}/pid; sleep 60"
+    stand_in = await trio.lowlevel.open_process(["sh", "-c", script, str(pdir)])
+    try:
+        (pdir / "monitor.pid").write_text(str(stand_in.pid))
+        planned = SpawnedProcess(
+            container_id="gtest-x", process_dir=str(pdir), socket_link="", pid=0,
+            pid_start_time=None, conmon_pid=0, conmon_start_time=None, tty=False,
+            stdin=False, log_format="passthrough", monitor="garden-monitor",
+        )  # fmt: skip
+        facts = await trio.to_thread.run_sync(monitor.find_announced, planned)
+        assert facts is not None
+        assert (facts.pid, facts.conmon_pid) == (1, stand_in.pid)
+        assert facts.conmon_start_time == pid_start_time(stand_in.pid)
+        assert facts.pid_start_time is None  # not the process the file was written for
+        # A monitor that dies without a pid: the spawn failed, and is not waited for longer.
+        (pdir / "pid").unlink()
+        stand_in.kill()
+        await stand_in.wait()
+        assert monitor.find_announced(planned, timeout=30) is None
         assert not pdir.exists()
     finally:
         stand_in.kill()
