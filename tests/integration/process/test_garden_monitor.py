@@ -8,6 +8,8 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -247,26 +249,35 @@ async def test_find_announced_reads_the_pids_a_spawn_left(container: Container, 
         await monitor.cleanup(facts)
 
 
+@asynccontextmanager
+async def stand_in_monitor(
+    pdir: Path, script: str
+) -> AsyncIterator[tuple[trio.Process, SpawnedProcess]]:
+    """A process dir whose `monitor.pid` names a stand-in running `sh -c script` with the dir
+    on its command line (as garden-monitor has it), and the facts of a spawn announced there."""
+    (pdir / "exit").mkdir(parents=True)
+    stand_in = await trio.lowlevel.open_process(["sh", "-c", script, str(pdir)])
+    try:
+        (pdir / "monitor.pid").write_text(str(stand_in.pid))
+        yield stand_in, SpawnedProcess(
+            container_id="gtest-x", process_dir=str(pdir), socket_link="", pid=0,
+            pid_start_time=None, conmon_pid=0, conmon_start_time=None, tty=False,
+            stdin=False, log_format="passthrough", monitor="garden-monitor",
+        )  # fmt: skip
+    finally:
+        stand_in.kill()
+        await stand_in.wait()
+
+
 async def test_find_announced_without_a_pid_kills_its_monitor(tmp_path: Path) -> None:
     """No pid file within the spawn's time: the runtime never reported a process. Whatever
     the monitor pid file names is killed if it monitors that dir (its command line names
     it), and the dir goes."""
     pdir = tmp_path / "p"
-    (pdir / "exit").mkdir(parents=True)
-    stand_in = await trio.lowlevel.open_process(["sh", "-c", "sleep 60", str(pdir)])
-    try:
-        (pdir / "monitor.pid").write_text(str(stand_in.pid))
-        planned = SpawnedProcess(
-            container_id="gtest-x", process_dir=str(pdir), socket_link="", pid=0,
-            pid_start_time=None, conmon_pid=0, conmon_start_time=None, tty=False,
-            stdin=False, log_format="passthrough", monitor="garden-monitor",
-        )  # fmt: skip
+    async with stand_in_monitor(pdir, "sleep 60") as (stand_in, planned):
         assert monitor.find_announced(planned, timeout=0.05) is None
         assert pid_start_time(stand_in.pid) is None  # killed, and reaped (it is our child)
         assert not pdir.exists()
-    finally:
-        stand_in.kill()
-        await stand_in.wait()
 
 
 async def test_find_announced_waits_for_a_spawn_still_under_way(tmp_path: Path) -> None:
@@ -274,17 +285,9 @@ async def test_find_announced_waits_for_a_spawn_still_under_way(tmp_path: Path) 
     before the runtime had written the pid, called the spawn failed and killed its monitor.
     While the monitor lives and no pid is written, the start waits for one."""
     pdir = tmp_path / "p"
-    (pdir / "exit").mkdir(parents=True)
     # It "starts" pid 1: a pid that surely did not start when the file was written.
     script = f"sleep 0.3; echo 1 > {pdir}/pid.tmp; mv {pdir}/pid.tmp {pdir}/pid; sleep 60"
-    stand_in = await trio.lowlevel.open_process(["sh", "-c", script, str(pdir)])
-    try:
-        (pdir / "monitor.pid").write_text(str(stand_in.pid))
-        planned = SpawnedProcess(
-            container_id="gtest-x", process_dir=str(pdir), socket_link="", pid=0,
-            pid_start_time=None, conmon_pid=0, conmon_start_time=None, tty=False,
-            stdin=False, log_format="passthrough", monitor="garden-monitor",
-        )  # fmt: skip
+    async with stand_in_monitor(pdir, script) as (stand_in, planned):
         facts = await trio.to_thread.run_sync(monitor.find_announced, planned)
         assert facts is not None
         assert (facts.pid, facts.conmon_pid) == (1, stand_in.pid)
@@ -296,6 +299,3 @@ async def test_find_announced_waits_for_a_spawn_still_under_way(tmp_path: Path) 
         await stand_in.wait()
         assert monitor.find_announced(planned, timeout=30) is None
         assert not pdir.exists()
-    finally:
-        stand_in.kill()
-        await stand_in.wait()

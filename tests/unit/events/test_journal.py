@@ -315,28 +315,31 @@ async def test_lazy_submit_waits_to_share_the_next_waited_for_batch(
     assert len(fsyncs) == 1 and journal.stats().largest_batch == 2
 
 
-async def test_lazy_submit_alone_is_written_after_lazy_wait(
-    opened: EventLog, applied: Applied, autojump_clock: trio.testing.MockClock
-) -> None:
+@pytest.fixture
+async def inline_journal(opened: EventLog, applied: Applied) -> AsyncIterator[Journal]:
+    """A running journal that writes in the trio thread, so that under the autojump clock
+    (which the test asks for) its time is the journal's own."""
     journal = Journal(opened, applied, write_in_thread=False)
     async with trio.open_nursery() as nursery:
         await nursery.start(journal.run)
-        started = trio.current_time()
-        pending = journal.submit(prop(1), lazy=True)
-        records = await pending.wait()
-        assert [r.seq for r in records] == [1] == applied.seqs
-        assert trio.current_time() - started == pytest.approx(LAZY_WAIT)
+        yield journal
         await journal.aclose()
+
+
+async def test_lazy_submit_alone_is_written_after_lazy_wait(
+    inline_journal: Journal, applied: Applied, autojump_clock: trio.testing.MockClock
+) -> None:
+    started = trio.current_time()
+    records = await inline_journal.submit(prop(1), lazy=True).wait()
+    assert [r.seq for r in records] == [1] == applied.seqs
+    assert trio.current_time() - started == pytest.approx(LAZY_WAIT)
 
 
 async def test_aclose_writes_a_lazy_submit_at_once(
-    opened: EventLog, applied: Applied, autojump_clock: trio.testing.MockClock
+    inline_journal: Journal, autojump_clock: trio.testing.MockClock
 ) -> None:
-    journal = Journal(opened, applied, write_in_thread=False)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(journal.run)
-        started = trio.current_time()
-        pending = journal.submit(prop(1), lazy=True)
-        await journal.aclose()
-        assert [r.seq for r in await pending.wait()] == [1]
-        assert trio.current_time() - started < LAZY_WAIT
+    started = trio.current_time()
+    pending = inline_journal.submit(prop(1), lazy=True)
+    await inline_journal.aclose()
+    assert [r.seq for r in await pending.wait()] == [1]
+    assert trio.current_time() - started < LAZY_WAIT
