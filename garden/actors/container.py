@@ -281,7 +281,9 @@ class ContainerActor:
         if self._tearing_down or self.record.phase != "active":
             return
         log.warning("init-exited handle=%s pid=%d", self.handle, started.pid)
-        await self._journal.record(ev.ContainerStopped(handle=self.handle, reason="init-exited"))
+        await self._journal.record_until_written(
+            ev.ContainerStopped(handle=self.handle, reason="init-exited")
+        )
 
     async def _limits_read_back(self) -> list[ev.AnyEvent]:
         """The create-time cgroup limits as the kernel holds them (rounded), to record."""

@@ -10,7 +10,12 @@ from typing import final
 import trio
 
 from garden.actors.ports import ProcessKernel
-from garden.errors import GardenError, ProcessNotFoundError
+from garden.errors import (
+    GardenError,
+    InternalError,
+    ProcessNotFoundError,
+    ServiceUnavailableError,
+)
 from garden.events import schema as ev
 from garden.events.journal import Journal, Pending
 from garden.linux.plan import SpawnedProcess
@@ -96,22 +101,32 @@ class ProcessTable:
                 "process-monitor-lost handle=%s process_id=%s", self.handle, process.process_id
             )
             status = LOST_EXIT_STATUS
+        exited = ev.ProcessExited(
+            handle=self.handle, process_id=process.process_id, exit_status=status, lost=lost
+        )
         with trio.CancelScope(shield=True):
-            exited = self._journal.submit(  # after `started` in the log, in its batch or later
-                ev.ProcessExited(
-                    handle=self.handle,
-                    process_id=process.process_id,
-                    exit_status=status,
-                    lost=lost,
-                )
-            )
+            try:
+                # After `started` in the log: in its batch, or a later one.
+                written = self._journal.submit(exited)
+            except ServiceUnavailableError:
+                return  # stopping: the next start reads the exit file
             if started is not None:
                 try:
                     await started.wait()
                 except GardenError as e:
                     log.warning("process-started-unrecorded handle=%s process_id=%s error=%s",
                                 self.handle, process.process_id, e)  # fmt: skip
-            await exited.wait()
+            try:
+                await written.wait()
+                recorded = True
+            except ServiceUnavailableError:
+                return
+            except InternalError:
+                recorded = False
+        # The log's disk is full: no stream hears the status before it is written (and the
+        # server goes on serving meanwhile).
+        if not recorded and await self._journal.record_until_written(exited) is None:
+            return
         process.set_exited(status)
         log.info(
             "process-exited handle=%s process_id=%s status=%d",

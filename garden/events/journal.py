@@ -20,6 +20,7 @@ Semantics a caller can rely on:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,12 +35,15 @@ from garden.errors import InternalError, ServiceUnavailableError
 from garden.events.log import EventLog, LogPosition, check_events
 from garden.events.schema import AnyEvent, Origin, Record
 
+log = logging.getLogger("garden.journal")
+
 NO_ORIGIN: Final = Origin()
 RECENT: Final = 4096  # records kept in memory for followers that are nearly caught up
 CHUNK: Final = 1024  # records a follower fetches at a time
 # How long a lazy submit may wait for a record somebody waits for, to share its fsync (a
 # process's ProcessStarted and, for a short one, its ProcessExited: one fsync, not two).
 LAZY_WAIT: Final = 0.01
+RETRY_EVERY: Final = 1.0  # s between tries of `record_until_written`
 
 
 @final
@@ -156,6 +160,33 @@ class Journal:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return []
         return await self.submit(*events, origin=origin).wait()
+
+    async def record_until_written(
+        self, *events: AnyEvent, origin: Origin = NO_ORIGIN, retry_every: float = RETRY_EVERY
+    ) -> list[Record] | None:
+        """For a fact that must reach the log but has nobody to answer an error to (a
+        process's exit, a container's init dying): `record()`, and while the write fails (the
+        log's disk is full...) again every `retry_every` s. The records once written; None if
+        the journal stops first. Cancelling the caller between tries abandons them (the next
+        start finds the fact again where the kernel keeps it: the exit file, the dead init)."""
+        what = "+".join(type(event).__name__ for event in events)
+        failures = 0
+        while True:
+            try:
+                with trio.CancelScope(shield=True):  # a write under way is not abandoned
+                    return await self.record(*events, origin=origin)
+            except ServiceUnavailableError:
+                return None
+            except InternalError as exc:
+                failures += 1
+                if failures == 1 or failures % 60 == 0:
+                    log.warning("record-retrying events=%s failures=%d error=%s",
+                                what, failures, exc)  # fmt: skip
+            try:
+                await trio.sleep(retry_every)
+            except trio.Cancelled:
+                log.warning("record-abandoned events=%s failures=%d", what, failures)
+                raise
 
     def submit(self, *events: AnyEvent, origin: Origin = NO_ORIGIN, lazy: bool = False) -> Pending:
         """Queue `events` as `record()` does, without waiting: they are written before
