@@ -4,7 +4,9 @@ cancelled spawn, a process nobody recorded, an exit seen by `wait_exit`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shutil
 import socket
 import uuid
@@ -299,3 +301,23 @@ async def test_find_announced_waits_for_a_spawn_still_under_way(tmp_path: Path) 
         await stand_in.wait()
         assert monitor.find_announced(planned, timeout=30) is None
         assert not pdir.exists()
+
+
+def test_an_exited_monitor_of_ours_is_reaped_by_the_sweep(exe: str, tmp_path: Path) -> None:
+    """Regression (CI, test_unrecorded_process_is_killed_by_its_files): the sweep killed the
+    process, its monitor exited meanwhile, and as a zombie it has no command line left to
+    name its dir; it was left unreaped. A zombie monitor of ours is reaped now."""
+    pdir = tmp_path / "p"
+    (pdir / "exit").mkdir(parents=True)
+    pid = os.posix_spawn(exe, [exe], {})  # usage error: exits at once, as our child
+    pidfd = os.pidfd_open(pid)
+    try:
+        select.select([pidfd], [], [], 10)  # readable once it has exited: a zombie now
+        assert Path(f"/proc/{pid}/cmdline").read_bytes() == b""
+        (pdir / "monitor.pid").write_text(str(pid))
+        monitor.kill_unrecorded(pdir)
+        assert pid_start_time(pid) is None  # reaped
+    finally:
+        os.close(pidfd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
