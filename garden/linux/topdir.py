@@ -6,10 +6,11 @@ block is dirty (`recently_deleted()` in the kernel's ialloc.c): each skip is a p
 lookup. A new file goes to the first group of its directory's flex group with a free inode, so
 where the server has just deleted things (a destroyed container's bundle, deleted by the
 trash), every file and dir it makes there walks past all of them: 0.3-3 ms of kernel CPU per
-inode, measured 4-7 ms of a 17 ms `run true` (docs/performance.md). A subdirectory of a
-directory flagged "top of hierarchy" is placed by the Orlov allocator instead, in the flex
-group with the fewest directories (usually one nothing was deleted from), and its files follow
-it there. The server flags the containers dir and each container's processes dir.
+inode: a run's process dir and files took 3.7-7.3 ms of kernel CPU (docs/performance.md).
+A subdirectory of a directory flagged "top of hierarchy" is placed by the Orlov allocator
+instead, in the flex group with the fewest directories (usually one nothing was deleted from),
+and its files follow it there. The server flags the containers dir and each container's
+processes dir.
 
 Best effort: a filesystem without the flag (tmpfs, xfs...) just keeps its own placement.
 """
