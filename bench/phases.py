@@ -77,6 +77,7 @@ def instrument(timings: Timings) -> None:
         (LinuxNetworker, "teardown", "destroy: network teardown"),
         (processes.LinuxProcesses, "spawn", "run: spawn (prepare + conmon)"),
         (monitor, "_run_conmon", "run: conmon + runtime exec -d until the pid"),
+        (monitor, "_run_garden_monitor", "run: garden-monitor + its exec until the pid"),
         (monitor, "wait_exit", "run: after the pid, until conmon has exited"),
     ]
     for owner, name, label in steps:

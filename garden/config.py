@@ -59,6 +59,9 @@ class ServerConfig(msgspec.Struct, frozen=True, kw_only=True):
     # garden-monitor (built by scripts/setup.sh), or conmon; "auto": garden-monitor when it is
     # installed. Processes with stdin or a TTY always run under conmon.
     process_monitor: Literal["auto", "garden-monitor", "conmon"] = "auto"
+    # Who execs a batch process into its container: garden-monitor itself ("auto", where it
+    # can: docs/adr/garden-monitor-exec.md), or the OCI runtime's `exec` ("runtime").
+    process_exec: Literal["auto", "runtime"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     # Prefix of every kernel resource this server makes (cgroup parent, later bridges, veths,

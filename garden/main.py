@@ -203,6 +203,8 @@ async def serve(
                 watcher=watcher,
                 log_format=config.process_output,
                 garden_monitor=choose_monitor(config.process_monitor),
+                cgroups=real.cgroups,
+                process_exec=config.process_exec,
             )
             processes.sweep_socket_dir()
         if networker is None:

@@ -102,6 +102,14 @@ def configure(name: str, p: argparse.ArgumentParser, common: argparse.ArgumentPa
         help="what monitors a batch process (no stdin, no TTY): garden-monitor (~4 ms faster "
         "to start) or conmon; auto: garden-monitor when installed (docs/processes.md)",
     )
+    p.add_argument(
+        "--process-exec",
+        choices=["auto", "runtime"],
+        default=d.process_exec,
+        help="who execs a batch process under garden-monitor into its container: garden-monitor "
+        "itself (auto, ~5 ms faster; the runtime where it keeps no compiled seccomp filter, "
+        "as runc) or always the runtime's exec (docs/processes.md)",
+    )
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     p.add_argument(
         "--log-format",

@@ -2,7 +2,8 @@
 our `garden-monitor` (garden/linux/native/garden_monitor.c) for a batch process (no stdin, no
 TTY, passthrough output) when it is installed, else conmon (2.1.6).
 
-`spawn()` runs `garden-monitor DIR CID runtime exec --detach ...` or `conmon ... -e
+`spawn()` runs `garden-monitor DIR CID --join` (which execs the process into the container itself
+from a plan: `join_plan`), `garden-monitor DIR CID runtime exec --detach ...` or `conmon ... -e
 --exec-process-spec process.json` (conmon runs `runc exec --detach`) and returns a
 `SpawnedProcess`: plain facts (pids with start times, paths) to store in an event
 and use again after a server restart. Every other call takes those facts; none needs the task
@@ -10,7 +11,7 @@ or the Python objects that spawned the process.
 
 Per-process directory (`process_dir`, conmon's `-b`; the caller picks it, e.g.
 `<container_path>/processes/<id>`):
-    process.json  the OCI process object (see `process_spec`)
+    process.json  the OCI process object (see `process_spec`), unless garden-monitor execs it
     log           conmon's k8s-file log of stdout/stderr (read it with `garden.linux.output`);
                   or, with `log_format="passthrough"`, `stdout` and `stderr`: the process's
                   exact bytes, written by the process itself (read them and the server's
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -74,6 +76,8 @@ from garden.errors import (
     KernelError,
     RuntimeFailedError,
 )
+from garden.linux import join_plan
+from garden.linux.join_plan import Join
 from garden.linux.plan import SpawnedProcess
 from garden.linux.proc import open_pidfd, pid_start_time, signal_pidfd
 from garden.linux.topdir import make_topdir
@@ -119,6 +123,7 @@ async def spawn(
     log_format: LogFormat = "k8s-file",
     before_start: Callable[[Path], object] | None = None,
     announce: Callable[[SpawnedProcess], object] | None = None,
+    join: Join | None = None,
 ) -> SpawnedProcess:
     """Start `process` (an OCI process object) in container `container_id` of the runtime
     binary `runtime` whose state dir is `runtime_root`; return once it runs (or has run).
@@ -133,7 +138,9 @@ async def spawn(
     `announce(planned)` after it, with the facts as they will be but for the pids (0), while
     the runtime has yet to run (the caller records them meanwhile: ProcessSpawning).
     `garden_monitor` (the path of the binary) monitors a passthrough process instead of
-    conmon: ~4 ms less per spawn (docs/adr/garden-monitor.md).
+    conmon: ~4 ms less per spawn (docs/adr/garden-monitor.md). With `join` it also starts the
+    process itself, joining the container `join` describes, instead of running the runtime's
+    `exec --detach` (docs/adr/garden-monitor-exec.md); no process.json is written then.
     Shielded from cancellation while conmon starts (bounded by 60 s); a caller cancelled
     meanwhile never gets the facts, so the process is killed and cleaned up before `Cancelled`
     propagates: a process runs only if its facts reached the caller.
@@ -150,9 +157,12 @@ async def spawn(
         link = Path(socket_dir) / secrets.token_hex(8)
         if len(os.fsencode(link / "attach")) > _SUN_PATH_MAX:
             raise KernelError("conmon socket dir", f"{socket_dir} is too long for a socket path")
+    if ours is None:
+        join = None
+    plan = join_plan.encode(process, join) if join is not None else None
     _prepare_dirs(
         pdir,
-        process,
+        None if plan is not None else process,
         socket_dir=None if ours is not None else Path(socket_dir),
         passthrough=log_format == "passthrough",
     )
@@ -181,8 +191,9 @@ async def spawn(
         scope.deadline = trio.current_time() + _SPAWN_TIMEOUT
         try:
             if ours is not None:  # kills and reaps its monitor itself on every failure
+                joined = (plan, join) if plan is not None and join is not None else None
                 pid, conmon_pid = await _run_garden_monitor(
-                    ours, runtime, runtime_root, pdir, container_id
+                    ours, runtime, runtime_root, pdir, container_id, joined
                 )
             else:
                 cmd = _conmon_cmd(
@@ -250,9 +261,10 @@ def _conmon_cmd(
 
 
 def _prepare_dirs(
-    pdir: Path, process: dict[str, Any], *, socket_dir: Path | None, passthrough: bool
+    pdir: Path, process: dict[str, Any] | None, *, socket_dir: Path | None, passthrough: bool
 ) -> None:
-    """The process dir with its exit dir, process.json and (passthrough) output files; and
+    """The process dir with its exit dir, process.json (unless `process` is None: nothing
+    runs the runtime with it) and (passthrough) output files; and
     conmon's socket dir when conmon runs it. The container's processes dir is flagged
     `chattr +T` when made (garden.linux.topdir: each process dir and its files land where
     nothing was just deleted, which costs ext4 without a journal 0.3-3 ms per file)."""
@@ -264,7 +276,8 @@ def _prepare_dirs(
         make_topdir(pdir.parent)
         os.mkdir(pdir)
     os.mkdir(pdir / "exit")
-    (pdir / "process.json").write_text(json.dumps(process))
+    if process is not None:
+        (pdir / "process.json").write_text(json.dumps(process))
     if passthrough:
         for name in (STDOUT, STDERR):
             os.close(os.open(pdir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
@@ -460,28 +473,41 @@ async def _run_conmon(cmd: list[str], pdir: Path, *, passthrough: bool) -> tuple
 
 
 async def _run_garden_monitor(
-    exe: str, runtime: str, runtime_root: str | Path, pdir: Path, container_id: str
+    exe: str,
+    runtime: str,
+    runtime_root: str | Path,
+    pdir: Path,
+    container_id: str,
+    joined: tuple[bytes, Join] | None = None,
 ) -> tuple[int, int]:
-    """Start garden-monitor for the runtime's `exec --detach` and read its one sync line;
-    return (process pid, monitor pid). The process's stdout and stderr are the files `stdout`
-    and `stderr` of `pdir`, its stdin /dev/null. On any failure the monitor is gone (killed if
-    need be) and reaped before this raises."""
-    runtime_cmd = [
-        runtime, "--root", str(runtime_root), "exec", "--detach",
-        "--pid-file", str(pdir / "pid"), "--process", str(pdir / "process.json"), container_id,
-    ]  # fmt: skip
+    """Start garden-monitor for the runtime's `exec --detach` (or, `joined`, to exec the
+    plan itself) and read its one sync line; return (process pid, monitor pid). The process's
+    stdout and stderr are the files `stdout` and `stderr` of `pdir`, its stdin /dev/null. On
+    any failure the monitor is gone (killed if need be) and reaped before this raises."""
+    if joined is None:
+        tail = [
+            runtime, "--root", str(runtime_root), "exec", "--detach",
+            "--pid-file", str(pdir / "pid"), "--process", str(pdir / "process.json"),
+            container_id,
+        ]  # fmt: skip
+    else:
+        tail = ["--join"]
     sync_r, sync_w = os.pipe()
-    out = err = pidfd = monitor_pid = -1
+    out = err = pidfd = monitor_pid = plan_fd = init_fd = -1
     try:
         out = os.open(pdir / STDOUT, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         err = os.open(pdir / STDERR, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        monitor_pid = _posix_spawn(
-            exe, [exe, str(pdir), container_id, *runtime_cmd], out, err, sync_w
-        )
+        extra: list[int] = []
+        if joined is not None:
+            plan_fd, init_fd = _join_fds(*joined)
+            extra = [plan_fd, init_fd]
+        argv = [exe, str(pdir), container_id, *tail]
+        monitor_pid = _posix_spawn(exe, argv, out, err, sync_w, extra)
         pidfd = os.pidfd_open(monitor_pid)
-        for fd in (out, err, sync_w):
-            os.close(fd)
-        out = err = sync_w = -1
+        for fd in (out, err, sync_w, plan_fd, init_fd):
+            if fd >= 0:
+                os.close(fd)
+        out = err = sync_w = plan_fd = init_fd = -1
         line = await _read_sync_line(sync_r)
     except BaseException:
         if pidfd >= 0:  # cancelled or timed out: the monitor must not stay (nor a zombie)
@@ -489,7 +515,7 @@ async def _run_garden_monitor(
             _reap(pidfd, wait=True)
         raise
     finally:
-        for fd in (sync_r, sync_w, out, err):
+        for fd in (sync_r, sync_w, out, err, plan_fd, init_fd):
             if fd >= 0:
                 os.close(fd)
     try:
@@ -512,10 +538,45 @@ async def _run_garden_monitor(
         os.close(pidfd)
 
 
-def _posix_spawn(exe: str, argv: list[str], out: int, err: int, sync: int) -> int:
-    """Start garden-monitor with /dev/null, `out`, `err` and `sync` as its fds 0-3, in a
-    session of its own; its pid. vfork + exec of a small static binary: ~0.2 ms in the trio
-    thread, less than a hop to a worker thread and back."""
+def _join_fds(plan: bytes, join: Join) -> tuple[int, int]:
+    """A memfd holding `plan` and a pidfd of the container's init (checked by start time),
+    for garden-monitor's fds 4 and 5. A gone init: the container is not running."""
+    init_fd = open_pidfd(join.init_pid, join.init_start_time)
+    if init_fd is None:
+        raise ConflictError("the container's init has exited")
+    try:
+        init_fd = _above_targets(init_fd)
+        plan_fd = _above_targets(os.memfd_create("garden-plan", os.MFD_CLOEXEC))
+        try:
+            view = memoryview(plan)
+            while view:
+                view = view[os.write(plan_fd, view) :]
+        except BaseException:
+            os.close(plan_fd)
+            raise
+    except BaseException:
+        os.close(init_fd)
+        raise
+    return plan_fd, init_fd
+
+
+def _above_targets(fd: int, lowest: int = 8) -> int:
+    """`fd` moved to a number no dup2 of `_posix_spawn` writes to (a low one could be
+    overwritten by an earlier action before it is copied)."""
+    if fd >= lowest:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, lowest)
+    finally:
+        os.close(fd)
+
+
+def _posix_spawn(
+    exe: str, argv: list[str], out: int, err: int, sync: int, extra: list[int] | None = None
+) -> int:
+    """Start garden-monitor with /dev/null, `out`, `err`, `sync` and then `extra` as its fds
+    0-3 and on, in a session of its own; its pid. vfork + exec of a small static binary:
+    ~0.2 ms in the trio thread, less than a hop to a worker thread and back."""
     return os.posix_spawn(
         exe,
         argv,
@@ -525,6 +586,7 @@ def _posix_spawn(exe: str, argv: list[str], out: int, err: int, sync: int) -> in
             (os.POSIX_SPAWN_DUP2, out, 1),
             (os.POSIX_SPAWN_DUP2, err, 2),
             (os.POSIX_SPAWN_DUP2, sync, 3),
+            *((os.POSIX_SPAWN_DUP2, fd, 4 + i) for i, fd in enumerate(extra or ())),
         ],
         setsid=True,
         setsigdef=(_signal.SIGPIPE, _signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP),

@@ -201,6 +201,12 @@ def mounts(plan: ContainerPlan, init_path: str) -> list[dict[str, Any]]:
     return out
 
 
+def has_seccomp(plan: ContainerPlan) -> bool:
+    """An unprivileged container's processes run under the seccomp filter; a privileged
+    one's under none."""
+    return plan.uid_base is not None
+
+
 def namespaces(plan: ContainerPlan) -> list[dict[str, str]]:
     ns: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     net: dict[str, str] = {"type": "network"}
@@ -255,6 +261,7 @@ def container_spec(
         idmap = [{"containerID": 0, "hostID": plan.uid_base, "size": ID_MAP_SIZE}]
         linux["uidMappings"] = idmap
         linux["gidMappings"] = [dict(m) for m in idmap]
+    if has_seccomp(plan):
         linux["seccomp"] = seccomp.profile()
     return {
         "ociVersion": "1.0.2",

@@ -1,5 +1,6 @@
-"""`LinuxProcesses`: the real `ProcessKernel` — runs a process in a container under conmon,
-and gives back its exit status, its output log, its stdin, signals and terminal size.
+"""`LinuxProcesses`: the real `ProcessKernel` — runs a process in a container under
+garden-monitor (which execs a batch process itself where it can: `_join`) or conmon, and gives
+back its exit status, its output log, its stdin, signals and terminal size.
 
 Each process lives in `<container_path>/processes/<process_id>/` (the conmon bundle: the OCI
 process.json, the output — raw `stdout`/`stderr` files and their `order` index, or for a TTY
@@ -15,19 +16,23 @@ import shutil
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
-from typing import final
+from typing import Literal, final
 
 import trio
 
 from garden.api import ProcessSpec
 from garden.errors import KernelError, ProcessIdInUseError
-from garden.linux import monitor, output, passthrough, process_spec
+from garden.linux import join_plan, monitor, oci, output, passthrough, process_spec
+from garden.linux.cgroups import Cgroups
+from garden.linux.join_plan import Join
 from garden.linux.oci import caps_from_mask
 from garden.linux.plan import ContainerPlan, SpawnedProcess, Started
 from garden.linux.proc import capability_bounding_mask
 from garden.linux.runtime import Runtime
 
 log = logging.getLogger("garden.linux")
+
+ProcessExec = Literal["auto", "runtime"]
 
 
 @final
@@ -55,10 +60,17 @@ class LinuxProcesses:
         log_format: monitor.LogFormat = "passthrough",
         output_cap: int = passthrough.DEFAULT_CAP,
         garden_monitor: str | None = None,
+        cgroups: Cgroups | None = None,
+        process_exec: ProcessExec = "auto",
     ) -> None:
-        """`garden_monitor`: the garden-monitor binary for batch processes (None: conmon)."""
+        """`garden_monitor`: the garden-monitor binary for batch processes (None: conmon).
+        `process_exec` "auto": garden-monitor execs a batch process into its container itself
+        where it can (it needs `cgroups`, and for a container with seccomp the runtime's compiled
+        filter, which crun keeps and runc does not); "runtime": the runtime's `exec` always."""
         self.runtime = runtime
         self.garden_monitor = garden_monitor
+        self.cgroups = cgroups
+        self.process_exec: ProcessExec = process_exec
         self.socket_dir = socket_dir
         self.watcher = watcher
         self.log_format: monitor.LogFormat = log_format
@@ -122,10 +134,29 @@ class LinuxProcesses:
                 # Indexed from before the first byte, held for the running process.
                 before_start=lambda d: self._acquire(str(d), running=True, pin=True),
                 announce=announce,
+                join=self._join(plan, started),
             )
         except BaseException:
             self._release(str(pdir), running=True)
             raise
+
+    def _join(self, plan: ContainerPlan, started: Started) -> Join | None:
+        """How garden-monitor joins `plan`'s container to exec a process itself; None when
+        the runtime's `exec` must (see `__init__`)."""
+        if self.process_exec != "auto" or self.garden_monitor is None or self.cgroups is None:
+            return None
+        bpf = None
+        if oci.has_seccomp(plan):
+            bpf = self.runtime.root / plan.container_id / "seccomp.bpf"  # crun's state
+            if not bpf.exists():
+                return None
+        return Join(
+            init_pid=started.pid,
+            init_start_time=started.pid_start_time,
+            namespaces=join_plan.namespace_flags(oci.namespaces(plan)),
+            cgroup_procs=tuple(str(f) for f in self.cgroups.procs_files(plan.cgroup_path)),
+            seccomp_bpf=None if bpf is None else str(bpf),
+        )
 
     async def wait_exit(self, facts: SpawnedProcess) -> int | None:
         """The exit status once the process is gone; None when its monitor vanished without

@@ -45,6 +45,11 @@ class Cgroups(Protocol):
         """Host pids of the processes in `path` (empty if it does not exist)."""
         ...
 
+    def procs_files(self, path: str) -> list[Path]:
+        """The `cgroup.procs` file of `path` in every hierarchy that has it: where a process
+        joins the cgroup."""
+        ...
+
     def children(self, parent: str) -> list[str]:
         """Cgroup paths of the direct children of `parent`, in any hierarchy, sorted."""
         ...

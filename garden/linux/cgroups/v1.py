@@ -119,6 +119,11 @@ class CgroupsV1:
         hs = self.hierarchies()
         return read_pids(hs[0] / rel / "cgroup.procs") if hs else []
 
+    def procs_files(self, path: str) -> list[Path]:
+        rel = split_path(path)
+        found = (h / rel / "cgroup.procs" for h in self.hierarchies())
+        return [f for f in found if f.exists()]
+
     def children(self, parent: str) -> list[str]:
         rel = split_path(parent)
         names: set[str] = set()

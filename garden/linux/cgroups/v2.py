@@ -63,6 +63,10 @@ class CgroupsV2:
     def pids(self, path: str) -> list[int]:
         return read_pids(self.root / split_path(path) / "cgroup.procs")
 
+    def procs_files(self, path: str) -> list[Path]:
+        f = self.root / split_path(path) / "cgroup.procs"
+        return [f] if f.exists() else []
+
     def children(self, parent: str) -> list[str]:
         rel = split_path(parent)
         return [f"/{rel}/{n}" for n in subdirs(self.root / rel)]

@@ -1,15 +1,20 @@
 /*
  * garden-monitor: the monitor of one batch process (no stdin, no TTY) of garden-trio.
  *
- * It outlives the server, like conmon, but does only what a batch process needs: it runs the
- * OCI runtime's `exec --detach`, becomes the parent of the process (child subreaper), reports
- * the process's pid, waits for it and writes its exit status to a file. It is small and static
- * so that starting it costs a fraction of conmon's start (no shared libraries to map, no glib,
- * no double fork): docs/adr/garden-monitor.md.
+ * It outlives the server, like conmon, but does only what a batch process needs: it execs the
+ * process into its container itself (join.c; docs/adr/garden-monitor-exec.md) or runs the OCI
+ * runtime's `exec --detach`, is the parent of the process (child subreaper), reports the
+ * process's pid, waits for it and writes its exit status to a file. It is small and static so
+ * that starting it costs a fraction of conmon's start (no shared libraries to map, no glib, no
+ * double fork): docs/adr/garden-monitor.md.
  *
  * Usage (garden/linux/monitor.py starts it; nobody else should):
  *
  *     garden-monitor PROCESS_DIR EXIT_NAME RUNTIME [RUNTIME_ARG...]
+ *     garden-monitor PROCESS_DIR EXIT_NAME --join
+ *
+ * The second form starts the process itself instead of the runtime (join.c): fd 4 is the plan
+ * (join.c says its format), fd 5 a pidfd of the container's init, whose namespaces it joins.
  *
  *   fd 0          the process's stdin (the server gives /dev/null)
  *   fd 1, fd 2    the process's stdout and stderr (the server gives the files `stdout` and
@@ -24,7 +29,8 @@
  * In PROCESS_DIR it writes `monitor.pid` (its own pid, before anything else) and, once the
  * process has exited, `exit/EXIT_NAME` (temp file + rename): the exit status in decimal,
  * 128+signal for a process killed by a signal. The runtime is expected to write the process's
- * pid to PROCESS_DIR/pid (`--pid-file`). No exit file means the status is unknown.
+ * pid to PROCESS_DIR/pid (`--pid-file`); with --join the monitor writes it. No exit file means
+ * the status is unknown.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -39,7 +45,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-enum { SYNC_FD = 3 };
+#include "join.h"
+
+enum { SYNC_FD = 3, PLAN_FD = 4, INIT_PIDFD = 5 };
 
 static int sync_fd = SYNC_FD;
 
@@ -97,7 +105,7 @@ static long read_pid_file(const char *name) {
  * started by a shell would find them (the server ignores SIGPIPE, which would be inherited;
  * an ignored signal stays ignored across exec). The raw syscall, because glibc's sigaction()
  * refuses its own real-time signals 32 and 33, which can arrive ignored too. */
-static void default_signals(void) {
+void default_signals(void) {
     struct {
         void (*handler)(int);
         unsigned long flags;
@@ -111,29 +119,88 @@ static void default_signals(void) {
     sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
-/* Close every fd above the sync pipe: what the server did not mark close-on-exec (hypercorn
+/* Close every fd from `first` on: what the server did not mark close-on-exec (hypercorn
  * makes its listening sockets inheritable) must not stay open in a monitor that outlives it,
  * where a listening socket would keep the next server off its port. */
-static void close_others(void) {
-    if (syscall(SYS_close_range, SYNC_FD + 1, ~0U, 0) == 0)
+static void close_others(int first) {
+    if (syscall(SYS_close_range, (unsigned)first, ~0U, 0) == 0)
         return;
     long max = sysconf(_SC_OPEN_MAX);
-    for (long fd = SYNC_FD + 1; fd < (max > 0 ? max : 1024); fd++)
+    for (long fd = first; fd < (max > 0 ? max : 1024); fd++)
         close((int)fd);
 }
 
+/* The runtime's `exec --detach` as a child; the process's pid once it has exited 0 (from the
+ * pid file it wrote), else -1 after telling the server why. */
+static long run_runtime(char **runtime_argv) {
+    pid_t runtime = fork();
+    if (runtime < 0) {
+        tell('M', errno);
+        return -1;
+    }
+    if (runtime == 0) {
+        default_signals();
+        execv(runtime_argv[0], runtime_argv);
+        dprintf(2, "garden-monitor: exec %s: %s\n", runtime_argv[0], strerror(errno));
+        _exit(127);
+    }
+    int status = 0;
+    while (waitpid(runtime, &status, 0) < 0) {
+        if (errno != EINTR) {
+            tell('M', errno);
+            return -1;
+        }
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        tell('E', status_code(status));
+        return -1;
+    }
+    long pid = read_pid_file("pid");
+    if (pid <= 0)
+        tell('M', ENOENT);
+    return pid;
+}
+
+/* The process started by join.c; its pid once it has exec'd and the pid file says so, else
+ * -1 after telling the server why. */
+static long run_joined(void) {
+    int child_status = -1;
+    pid_t pid = join_start(PLAN_FD, INIT_PIDFD, &child_status);
+    close(PLAN_FD);
+    close(INIT_PIDFD);
+    if (pid < 0) {
+        tell('E', child_status >= 0 ? status_code(child_status) : 127);
+        return -1;
+    }
+    char text[32];
+    snprintf(text, sizeof text, "%ld", (long)pid);
+    if (write_file("pid", text) != 0) {
+        int e = errno;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        tell('M', e);
+        return -1;
+    }
+    return pid;
+}
+
 int main(int argc, char **argv) {
+    int join = argc == 4 && strcmp(argv[3], "--join") == 0;
     if (argc < 4) {
-        fprintf(stderr, "usage: garden-monitor PROCESS_DIR EXIT_NAME RUNTIME [ARG...]\n");
+        fprintf(stderr, "usage: garden-monitor PROCESS_DIR EXIT_NAME (RUNTIME [ARG...] | --join)\n");
         return 2;
     }
     const char *process_dir = argv[1];
     const char *exit_name = argv[2];
-    if (strchr(exit_name, '/') != NULL || fcntl(SYNC_FD, F_SETFD, FD_CLOEXEC) != 0) {
-        fprintf(stderr, "garden-monitor: a plain EXIT_NAME and the sync pipe on fd 3\n");
+    if (strchr(exit_name, '/') != NULL || fcntl(SYNC_FD, F_SETFD, FD_CLOEXEC) != 0 ||
+        (join && (fcntl(PLAN_FD, F_SETFD, FD_CLOEXEC) != 0 ||
+                  fcntl(INIT_PIDFD, F_SETFD, FD_CLOEXEC) != 0))) {
+        fprintf(stderr, "garden-monitor: a plain EXIT_NAME, the sync pipe on fd 3 (--join: the"
+                        " plan on fd 4, the init's pidfd on fd 5)\n");
         return 2;
     }
-    close_others();
+    close_others(join ? INIT_PIDFD + 1 : SYNC_FD + 1);
     signal(SIGPIPE, SIG_IGN);
     if (getsid(0) != getpid())
         setsid(); /* no signals from the server's terminal or process group */
@@ -148,18 +215,10 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    pid_t runtime = fork();
-    if (runtime < 0) {
-        tell('M', errno);
+    long pid = join ? run_joined() : run_runtime(argv + 3);
+    if (pid <= 0)
         return 1;
-    }
-    if (runtime == 0) {
-        default_signals();
-        execv(argv[3], argv + 3);
-        dprintf(2, "garden-monitor: exec %s: %s\n", argv[3], strerror(errno));
-        _exit(127);
-    }
-    /* The process's files are the runtime's now; the monitor keeps none of them open. */
+    /* The process's files are its own now; the monitor keeps none of them open. */
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (null >= 0) {
         dup2(null, 0);
@@ -168,27 +227,11 @@ int main(int argc, char **argv) {
         if (null > 2)
             close(null);
     }
-
-    int status = 0;
-    while (waitpid(runtime, &status, 0) < 0) {
-        if (errno != EINTR) {
-            tell('M', errno);
-            return 1;
-        }
-    }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        tell('E', status_code(status));
-        return 1;
-    }
-    long pid = read_pid_file("pid");
-    if (pid <= 0) {
-        tell('M', ENOENT);
-        return 1;
-    }
     tell('P', pid);
 
-    /* The runtime has gone: the process is our child now (subreaper), and so is whatever of
-     * the runtime's was still around. Reap them all until the process itself. */
+    /* The process is our child (--join, or the runtime has gone and we are its subreaper), and
+     * so is whatever of the runtime's was still around. Reap them all until the process. */
+    int status = 0;
     for (;;) {
         pid_t got = waitpid(-1, &status, 0);
         if (got < 0) {

@@ -5,6 +5,7 @@ cancelled spawn, a process nobody recorded, an exit seen by `wait_exit`)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import shutil
@@ -19,8 +20,10 @@ import msgspec
 import pytest
 import trio
 
-from garden.errors import ExecutableNotFoundError
-from garden.linux import monitor, topdir
+from garden.errors import ConflictError, ExecutableNotFoundError, RuntimeFailedError
+from garden.linux import join_plan, monitor, topdir
+from garden.linux.cgroups import detect
+from garden.linux.join_plan import Join
 from garden.linux.leftovers import monitors_of
 from garden.linux.plan import SpawnedProcess
 from garden.linux.proc import pid_start_time
@@ -37,7 +40,26 @@ def exe() -> str:
     return found
 
 
-async def spawn(ctr: Container, exe: str, process: dict[str, Any], pdir: Path) -> SpawnedProcess:
+@pytest.fixture(params=["runtime-exec", "own-exec"])
+def join(request: pytest.FixtureRequest, container: Container) -> Join | None:
+    """Whether garden-monitor runs the runtime's `exec` or execs the process itself."""
+    return None if request.param == "runtime-exec" else join_of(container)
+
+
+def join_of(ctr: Container, *, start_time: int | None = None) -> Join:
+    spec = json.loads((ctr.rootfs.parent / "config.json").read_text())
+    return Join(
+        init_pid=ctr.init_pid,
+        init_start_time=start_time or pid_start_time(ctr.init_pid) or 0,
+        namespaces=join_plan.namespace_flags(spec["linux"]["namespaces"]),
+        cgroup_procs=tuple(str(f) for f in detect().procs_files(spec["linux"]["cgroupsPath"])),
+        seccomp_bpf=None,
+    )
+
+
+async def spawn(
+    ctr: Container, exe: str, process: dict[str, Any], pdir: Path, join: Join | None = None
+) -> SpawnedProcess:
     return await monitor.spawn(
         runtime=RUNC,
         runtime_root=ctr.runtime_root,
@@ -47,6 +69,7 @@ async def spawn(ctr: Container, exe: str, process: dict[str, Any], pdir: Path) -
         socket_dir=ctr.socket_dir,
         log_format="passthrough",
         garden_monitor=exe,
+        join=join,
     )
 
 
@@ -65,9 +88,11 @@ def children_named(name: bytes) -> list[int]:
     return found
 
 
-async def run_script(ctr: Container, exe: str, script: str) -> tuple[SpawnedProcess, int, bytes]:
+async def run_script(
+    ctr: Container, exe: str, script: str, join: Join | None = None
+) -> tuple[SpawnedProcess, int, bytes]:
     pdir = ctr.processes / uuid.uuid4().hex
-    facts = await spawn(ctr, exe, process_json(ctr, "sh", "-c", script), pdir)
+    facts = await spawn(ctr, exe, process_json(ctr, "sh", "-c", script), pdir, join)
     try:
         status = await monitor.wait_exit(facts)
         out = (pdir / monitor.STDOUT).read_bytes()
@@ -81,9 +106,9 @@ async def run_script(ctr: Container, exe: str, script: str) -> tuple[SpawnedProc
     [("exit 0", 0), ("exit 7", 7), ("kill -KILL $$", 137), ("kill -TERM $$", 143)],
 )
 async def test_exit_status_and_monitor_reaped(
-    container: Container, exe: str, script: str, want: int
+    container: Container, exe: str, join: Join | None, script: str, want: int
 ) -> None:
-    facts, status, _ = await run_script(container, exe, script)
+    facts, status, _ = await run_script(container, exe, script, join)
     assert (facts.monitor, facts.socket_link, facts.log_format) == (
         "garden-monitor",
         "",
@@ -96,21 +121,25 @@ async def test_exit_status_and_monitor_reaped(
     assert not Path(facts.process_dir).exists()
 
 
-async def test_process_starts_with_default_signals(container: Container, exe: str) -> None:
+async def test_process_starts_with_default_signals(
+    container: Container, exe: str, join: Join | None
+) -> None:
     """The server ignores SIGPIPE; its processes must not inherit that (nor a blocked mask)."""
     # (`; true`: sh does not exec grep then, so grep is the process's child as a job's is)
     script = "grep -E '^Sig(Ign|Blk)' /proc/self/status; true"
-    _, status, out = await run_script(container, exe, script)
+    _, status, out = await run_script(container, exe, script, join)
     assert status == 0
     assert out.split() == [b"SigBlk:", b"0" * 16, b"SigIgn:", b"0" * 16]
 
 
-async def test_missing_executable_leaves_nothing(container: Container, exe: str) -> None:
+async def test_missing_executable_leaves_nothing(
+    container: Container, exe: str, join: Join | None
+) -> None:
     pdir = container.processes / uuid.uuid4().hex
     process = process_json(container, "sh")
     process["args"] = ["/no/such/program"]
     with pytest.raises(ExecutableNotFoundError, match="/no/such/program"):
-        await spawn(container, exe, process, pdir)
+        await spawn(container, exe, process, pdir, join)
     assert not pdir.exists()
     assert children_named(b"garden-monitor") == []
 
@@ -132,22 +161,26 @@ async def test_runtime_failure_is_an_error(container: Container, exe: str) -> No
     assert children_named(b"garden-monitor") == []
 
 
-async def test_cancelled_spawn_leaves_nothing(container: Container, exe: str) -> None:
+async def test_cancelled_spawn_leaves_nothing(
+    container: Container, exe: str, join: Join | None
+) -> None:
     pdir = container.processes / uuid.uuid4().hex
     with trio.CancelScope() as scope:
         scope.cancel()  # pending from the start: the spawn runs shielded, then undoes itself
-        await spawn(container, exe, process_json(container, "sleep", "60"), pdir)
+        await spawn(container, exe, process_json(container, "sleep", "60"), pdir, join)
     assert scope.cancelled_caught
     assert not pdir.exists()
     assert children_named(b"garden-monitor") == []
     assert monitors_of(container.processes) == []
 
 
-async def test_unrecorded_process_is_killed_by_its_files(container: Container, exe: str) -> None:
+async def test_unrecorded_process_is_killed_by_its_files(
+    container: Container, exe: str, join: Join | None
+) -> None:
     """A crash between the spawn and its event: the start-up sweep finds the monitor by
     `monitor.pid` and the process by `pid`, and kills both."""
     pdir = container.processes / uuid.uuid4().hex
-    facts = await spawn(container, exe, process_json(container, "sleep", "60"), pdir)
+    facts = await spawn(container, exe, process_json(container, "sleep", "60"), pdir, join)
     try:
         assert monitors_of(container.processes) == [facts.conmon_pid]
         assert int((pdir / "monitor.pid").read_text()) == facts.conmon_pid
@@ -161,7 +194,9 @@ async def test_unrecorded_process_is_killed_by_its_files(container: Container, e
     assert monitors_of(container.processes) == []
 
 
-async def test_monitor_keeps_no_inherited_fd(container: Container, exe: str) -> None:
+async def test_monitor_keeps_no_inherited_fd(
+    container: Container, exe: str, join: Join | None
+) -> None:
     """Regression: hypercorn's listening sockets are inheritable, and a monitor that kept one
     open kept a restarted server off its port ("Address already in use")."""
     listener = socket.socket()
@@ -170,7 +205,7 @@ async def test_monitor_keeps_no_inherited_fd(container: Container, exe: str) -> 
     listener.set_inheritable(True)
     pdir = container.processes / uuid.uuid4().hex
     try:
-        facts = await spawn(container, exe, process_json(container, "sleep", "60"), pdir)
+        facts = await spawn(container, exe, process_json(container, "sleep", "60"), pdir, join)
         try:
             fd_dir = f"/proc/{facts.conmon_pid}/fd"
             targets = {int(fd): os.readlink(f"{fd_dir}/{fd}") for fd in os.listdir(fd_dir)}
@@ -321,3 +356,75 @@ def test_an_exited_monitor_of_ours_is_reaped_by_the_sweep(exe: str, tmp_path: Pa
         os.close(pidfd)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
+
+
+# --- garden-monitor's own exec (--join) ------------------------------------------------------
+
+
+async def test_own_exec_process_is_the_monitors_child_in_the_container(
+    container: Container, exe: str
+) -> None:
+    """The process runs in the container's pid namespace and cgroups as the monitor's own child,
+    with no fd of the monitor's (the plan, the init's pidfd, the sync pipe) but 0-2, and the
+    monitor wrote its pid file."""
+    pdir = container.processes / uuid.uuid4().hex
+    script = "ls /proc/$$/fd | tr '\\n' ' '; exec sleep 60"
+    facts = await spawn(container, exe, process_json(container, "sh", "-c", script), pdir,
+                        join_of(container))  # fmt: skip
+    try:
+        assert int((pdir / "pid").read_text()) == facts.pid
+        status = Path(f"/proc/{facts.pid}/status").read_text()
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        assert fields["PPid"] == str(facts.conmon_pid)
+        assert len(fields["NSpid"].split()) == 2  # a pid of its own inside the container
+        for ns in ("mnt", "pid", "net", "uts", "ipc"):
+            assert os.readlink(f"/proc/{facts.pid}/ns/{ns}") == os.readlink(
+                f"/proc/{container.init_pid}/ns/{ns}"
+            )
+        assert (
+            Path(f"/proc/{facts.pid}/cgroup").read_text()
+            == Path(f"/proc/{container.init_pid}/cgroup").read_text()
+        )
+        with trio.fail_after(10):
+            while not (pdir / monitor.STDOUT).read_bytes():
+                await trio.sleep(0.01)
+        assert (pdir / monitor.STDOUT).read_bytes().split() == [b"0", b"1", b"2"]
+    finally:
+        await monitor.cleanup(facts)
+    assert children_named(b"garden-monitor") == []
+
+
+async def test_own_exec_names_the_step_that_failed(container: Container, exe: str) -> None:
+    pdir = container.processes / uuid.uuid4().hex
+    process = process_json(container, "true")
+    process["cwd"] = "/no/such/dir"  # the server makes it; here nobody did
+    with pytest.raises(RuntimeFailedError, match="chdir: /no/such/dir: No such file"):
+        await spawn(container, exe, process, pdir, join_of(container))
+    assert not pdir.exists()
+    assert children_named(b"garden-monitor") == []
+
+
+async def test_own_exec_refuses_an_init_that_is_not_the_containers(
+    container: Container, exe: str
+) -> None:
+    """A pid whose start time is not the recorded one (the init exited, the pid was reused)
+    is never joined: nothing starts."""
+    pdir = container.processes / uuid.uuid4().hex
+    join = join_of(container, start_time=1)
+    with pytest.raises(ConflictError):
+        await spawn(container, exe, process_json(container, "true"), pdir, join)
+    assert not pdir.exists()
+    assert children_named(b"garden-monitor") == []
+
+
+async def test_own_exec_with_a_cgroup_it_cannot_join_fails_whole(
+    container: Container, exe: str, tmp_path: Path
+) -> None:
+    pdir = container.processes / uuid.uuid4().hex
+    join = msgspec.structs.replace(
+        join_of(container), cgroup_procs=(str(tmp_path / "no-cgroup" / "cgroup.procs"),)
+    )
+    with pytest.raises(RuntimeFailedError, match="cgroup"):
+        await spawn(container, exe, process_json(container, "true"), pdir, join)
+    assert not pdir.exists()
+    assert children_named(b"garden-monitor") == []
