@@ -402,7 +402,7 @@ class ContainerActor:
             except BaseException as exc:
                 if announced:  # the log says it is starting: it must also say it did not
                     with trio.CancelScope(shield=True):
-                        await self._record_spawn_failed(announced[0], process_id, exc)
+                        await self._record_spawn_failed(announced[0], command, exc)
                 raise
             faults.reached("process:after-spawn")
             # Recorded and watched even if the server is stopping meanwhile: a process runs
@@ -445,11 +445,12 @@ class ContainerActor:
             reply.fail(ContainerNotFoundError(self.handle))  # cancelled: a no-op once settled
 
     async def _record_spawn_failed(
-        self, spawning: Pending, process_id: str, exc: BaseException
+        self, spawning: Pending, command: RunProcess, exc: BaseException
     ) -> None:
-        """After a failed spawn whose ProcessSpawning was queued: ProcessSpawnFailed, if the
-        former was written (else the log knows nothing of it). If this cannot be written
-        either, the next start finds no pid file and records it then."""
+        """After a failed spawn whose ProcessSpawning was queued: ProcessSpawnFailed, with
+        the request's origin, if the former was written (else the log knows nothing of it). If
+        this cannot be written either, the next start finds no pid file and records it then."""
+        process_id = command.process_id
         try:
             await spawning.wait()
         except GardenError:
@@ -457,7 +458,8 @@ class ContainerActor:
         reason = exc.message if isinstance(exc, GardenError) else type(exc).__name__
         try:
             await self._journal.record(
-                ev.ProcessSpawnFailed(handle=self.handle, process_id=process_id, reason=reason)
+                ev.ProcessSpawnFailed(handle=self.handle, process_id=process_id, reason=reason),
+                origin=command.origin,
             )
         except GardenError as e:
             log.warning("spawn-failure-unrecorded handle=%s process_id=%s error=%s",

@@ -19,8 +19,12 @@ from tests.unit.fakes import FakeKernel, FakeProcesses
 from tests.unit.test_supervisor import ORIGIN, make_config, running, spec
 
 
+def process_records(log: EventLog) -> list[ev.Record]:
+    return [r for r in log.records() if type(r.event).__name__.startswith("Process")]
+
+
 def process_events(log: EventLog) -> list[ev.Event]:
-    return [r.event for r in log.records() if type(r.event).__name__.startswith("Process")]
+    return [r.event for r in process_records(log)]
 
 
 async def test_a_run_records_spawning_started_exited_in_order(tmp_path: Path) -> None:
@@ -54,6 +58,8 @@ async def test_a_failed_spawn_is_recorded_and_frees_its_id(tmp_path: Path) -> No
         assert isinstance(spawning, ev.ProcessSpawning)
         assert isinstance(failed, ev.ProcessSpawnFailed)
         assert failed.process_id == "p" and "the runtime said no" in failed.reason
+        # Regression: the failure was recorded without the request that caused it.
+        assert [r.origin for r in process_records(log)] == [ORIGIN, ORIGIN]
         assert sup.state.containers["c"].processes == {}
         assert sup.info("c").process_ids == []
         again = await sup.run_process("c", ProcessSpec(id="p", path="true"), ORIGIN)
