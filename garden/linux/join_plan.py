@@ -62,8 +62,9 @@ def cap_mask(names: Iterable[str]) -> int:
     return mask
 
 
-def encode(process: Mapping[str, Any], join: Join) -> bytes:
-    """The plan's bytes for `process` (an OCI process object without a terminal)."""
+def encode(process: Mapping[str, Any], join: Join, executable: str | None = None) -> bytes:
+    """The plan's bytes for `process` (an OCI process object without a terminal);
+    `executable`: the path to exec for its args[0] (else garden-monitor looks it up)."""
     if process.get("terminal"):
         raise ValueError("garden-monitor does not give a process a terminal")
     user = process["user"]
@@ -80,6 +81,7 @@ def encode(process: Mapping[str, Any], join: Join) -> bytes:
         ("no_new_privs", "1" if process.get("noNewPrivileges") else "0"),
         ("umask", f"{int(user.get('umask', _UMASK)):o}"),
         ("cwd", str(process["cwd"])),
+        *((("exe", executable),) if executable else ()),
         *(("arg", str(a)) for a in _nonempty(process["args"], "args")),
         *(("env", str(e)) for e in process.get("env") or ()),
     ]

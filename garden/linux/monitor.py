@@ -124,6 +124,7 @@ async def spawn(
     before_start: Callable[[Path], object] | None = None,
     announce: Callable[[SpawnedProcess], object] | None = None,
     join: Join | None = None,
+    executable: str | None = None,
 ) -> SpawnedProcess:
     """Start `process` (an OCI process object) in container `container_id` of the runtime
     binary `runtime` whose state dir is `runtime_root`; return once it runs (or has run).
@@ -140,7 +141,8 @@ async def spawn(
     `garden_monitor` (the path of the binary) monitors a passthrough process instead of
     conmon: ~4 ms less per spawn (docs/adr/garden-monitor.md). With `join` it also starts the
     process itself, joining the container `join` describes, instead of running the runtime's
-    `exec --detach` (docs/adr/garden-monitor-exec.md); no process.json is written then.
+    `exec --detach` (docs/adr/garden-monitor-exec.md); no process.json is written then, and
+    `executable` (what `process_spec.find_executable` found) spares it the PATH lookup.
     Shielded from cancellation while conmon starts (bounded by 60 s); a caller cancelled
     meanwhile never gets the facts, so the process is killed and cleaned up before `Cancelled`
     propagates: a process runs only if its facts reached the caller.
@@ -159,7 +161,7 @@ async def spawn(
             raise KernelError("conmon socket dir", f"{socket_dir} is too long for a socket path")
     if ours is None:
         join = None
-    plan = join_plan.encode(process, join) if join is not None else None
+    plan = join_plan.encode(process, join, executable) if join is not None else None
     _prepare_dirs(
         pdir,
         None if plan is not None else process,

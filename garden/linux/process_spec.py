@@ -40,6 +40,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from garden.errors import ExecutableNotFoundError, InvalidRequestError
 from garden.linux import inroot, users
 from garden.linux.oci import container_caps
@@ -224,6 +226,11 @@ def _has_cap(bit: int) -> bool:
     return False
 
 
+class Prepared(msgspec.Struct, frozen=True, kw_only=True):
+    process: dict[str, Any]  # the OCI process object (process.json)
+    executable: str  # what `find_executable` found for its args[0], in the container
+
+
 def prepare_process(
     root: str | Path,
     *,
@@ -241,10 +248,10 @@ def prepare_process(
     console_size: tuple[int, int] | None = None,
     host_id_offset: int = 0,
     ceiling: Mapping[str, int | None] | None = None,
-) -> dict[str, Any]:
+) -> Prepared:
     """Everything API.md's process spec asks, in one call: resolve `user` (default `root` when
     `privileged`, else `vcap`) in `root`'s etc/passwd, default `dir` to its home and create it
-    when missing (owned by uid/gid + `host_id_offset`, the container's uid map base or 0), check
+    when missing (owned by uid/gid + `host_id_offset`, the container's uid map base or 0), find
     the executable, merge env (adding `HOME`, `USER` and `PATH` when absent) and build process.json
     with the capabilities of the container (`privileged_container`, `allowed_caps`).
 
@@ -263,8 +270,8 @@ def prepare_process(
     if not login.isdigit():
         defaults.append(f"USER={login}")
     merged = merge_env(container_env, env, defaults=defaults)
-    find_executable(root, path, merged, cwd)
-    return build_process(
+    executable = find_executable(root, path, merged, cwd)
+    process = build_process(
         args=[path, *args],
         env=merged,
         cwd=cwd,
@@ -277,3 +284,4 @@ def prepare_process(
         tty=tty,
         console_size=console_size,
     )
+    return Prepared(process=process, executable=executable)

@@ -33,6 +33,7 @@ from garden.linux.runtime import Runtime
 log = logging.getLogger("garden.linux")
 
 ProcessExec = Literal["auto", "runtime"]
+_JOINS_KEPT = 4096
 
 
 @final
@@ -71,6 +72,7 @@ class LinuxProcesses:
         self.garden_monitor = garden_monitor
         self.cgroups = cgroups
         self.process_exec: ProcessExec = process_exec
+        self._joins: dict[tuple[str, int, int], Join | None] = {}
         self.socket_dir = socket_dir
         self.watcher = watcher
         self.log_format: monitor.LogFormat = log_format
@@ -103,7 +105,7 @@ class LinuxProcesses:
         # In the trio thread: a few small reads in the container's root (~0.4 ms), less than
         # the two hops to a worker thread and back cost under load (0.5-1 ms), and the GIL
         # would serialise the parsing anyway.
-        process = process_spec.prepare_process(
+        prepared = process_spec.prepare_process(
             f"/proc/{started.pid}/root",
             path=spec.path,
             args=spec.args,
@@ -126,7 +128,7 @@ class LinuxProcesses:
                 runtime_root=self.runtime.root,
                 container_id=plan.container_id,
                 process_dir=pdir,
-                process=process,
+                process=prepared.process,
                 socket_dir=self.socket_dir,
                 stdin=spec.stdin or size is not None,
                 log_format=self.log_format,
@@ -135,6 +137,7 @@ class LinuxProcesses:
                 before_start=lambda d: self._acquire(str(d), running=True, pin=True),
                 announce=announce,
                 join=self._join(plan, started),
+                executable=prepared.executable,
             )
         except BaseException:
             self._release(str(pdir), running=True)
@@ -142,21 +145,29 @@ class LinuxProcesses:
 
     def _join(self, plan: ContainerPlan, started: Started) -> Join | None:
         """How garden-monitor joins `plan`'s container to exec a process itself; None when
-        the runtime's `exec` must (see `__init__`)."""
+        the runtime's `exec` must (see `__init__`). Looked up once per init of a container
+        (its cgroups and its filter stay as they are while it runs)."""
         if self.process_exec != "auto" or self.garden_monitor is None or self.cgroups is None:
             return None
+        key = (plan.container_id, started.pid, started.pid_start_time)
+        if key in self._joins:
+            return self._joins[key]
         bpf = None
+        join = None
         if oci.has_seccomp(plan):
             bpf = self.runtime.root / plan.container_id / "seccomp.bpf"  # crun's state
-            if not bpf.exists():
-                return None
-        return Join(
-            init_pid=started.pid,
-            init_start_time=started.pid_start_time,
-            namespaces=join_plan.namespace_flags(oci.namespaces(plan)),
-            cgroup_procs=tuple(str(f) for f in self.cgroups.procs_files(plan.cgroup_path)),
-            seccomp_bpf=None if bpf is None else str(bpf),
-        )
+        if bpf is None or bpf.exists():
+            join = Join(
+                init_pid=started.pid,
+                init_start_time=started.pid_start_time,
+                namespaces=join_plan.namespace_flags(oci.namespaces(plan)),
+                cgroup_procs=tuple(str(f) for f in self.cgroups.procs_files(plan.cgroup_path)),
+                seccomp_bpf=None if bpf is None else str(bpf),
+            )
+        if len(self._joins) >= _JOINS_KEPT:  # a bound, not an eviction policy: rarely reached
+            self._joins.clear()
+        self._joins[key] = join
+        return join
 
     async def wait_exit(self, facts: SpawnedProcess) -> int | None:
         """The exit status once the process is gone; None when its monitor vanished without

@@ -13,6 +13,8 @@
  *   no_new_privs 0|1, umask OCTAL, cwd PATH (absolute in the container)
  *   arg S, env S    argv and the environment, in order; the first arg is the executable,
  *                   looked up on the env's PATH when it has no `/` (as crun and execvp do)
+ *   exe PATH        what to exec instead of that lookup (the server found it already; a
+ *                   relative one is relative to cwd)
  *
  * The steps and their order are crun's for `exec` (libcrun's join of a process): the cgroups
  * and rlimits while still root on the host, then every namespace at once through the init's
@@ -68,7 +70,7 @@ struct plan {
     uint64_t bounding, effective, permitted, inheritable, ambient;
     int no_new_privs;
     mode_t umask;
-    const char *cwd;
+    const char *cwd, *exe;
     char **argv, **envp;
     size_t argc, envc;
 };
@@ -208,6 +210,8 @@ static int parse_plan(char *buf, size_t len, struct plan *p) {
             p->umask = (mode_t)n;
         else if (strcmp(key, "cwd") == 0 && value[0] == '/')
             p->cwd = value;
+        else if (strcmp(key, "exe") == 0 && value[0] != '\0')
+            p->exe = value;
         else
             goto bad;
     }
@@ -280,7 +284,7 @@ _Noreturn static void fail(int fd, const char *step, const char *what) {
 /* exec argv[0]: as it is when it has a `/`, else the first that runs of each dir of the env's
  * PATH (the default path without one), which the server already looked up. */
 _Noreturn static void exec_found(const struct plan *p, int report) {
-    const char *name = p->argv[0];
+    const char *name = p->exe ? p->exe : p->argv[0];
     if (strchr(name, '/') != NULL || name[0] == '\0') {
         execve(name, p->argv, p->envp);
         fail(report, "exec", name);

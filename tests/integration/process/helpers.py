@@ -27,7 +27,7 @@ class Result:
 
 def process_json(ctr: Container, path: str, *args: str, **kw: Any) -> dict[str, Any]:
     kw.setdefault("user", "root")
-    return ps.prepare_process(ctr.root, path=path, args=args, container_env=ctr.env, **kw)
+    return ps.prepare_process(ctr.root, path=path, args=args, container_env=ctr.env, **kw).process
 
 
 async def spawn(ctr: Container, process: dict[str, Any], *, stdin: bool = False) -> SpawnedProcess:

@@ -230,7 +230,8 @@ from garden.linux import monitor, process_spec
 runtime, root, cid, pdir, sdir, rootfs, out = sys.argv[1:]
 async def main():
     proc = process_spec.prepare_process(
-        rootfs, path="sh", args=["-c", "sleep 1; echo late; exit 3"], user="root", ceiling={})
+        rootfs, path="sh", args=["-c", "sleep 1; echo late; exit 3"], user="root", ceiling={}
+    ).process
     facts = await monitor.spawn(runtime=runtime, runtime_root=root, container_id=cid,
                                 process_dir=pdir, process=proc, socket_dir=sdir)
     with open(out, "wb") as f:

@@ -58,6 +58,7 @@ def test_every_field_of_the_process_and_the_join_is_in_the_plan() -> None:
     assert d["effective"] == d["permitted"] == d["bounding"]
     assert d["inheritable"] == d["ambient"] == "0"
     assert (d["no_new_privs"], d["umask"], d["cwd"]) == ("1", "22", "/root")
+    assert "exe" not in d  # garden-monitor looks args[0] up itself
     assert [v for k, v in got if k == "arg"] == ["sh", "-c", "echo hi"]
     assert [v for k, v in got if k == "env"] == ["PATH=/bin", "HOME=/root"]
 
@@ -92,3 +93,9 @@ def test_unknown_namespaces_and_capabilities_are_refused() -> None:
     with pytest.raises(ValueError, match="capability"):
         join_plan.cap_mask(["CAP_NO_SUCH"])
     assert join_plan.cap_mask(["CAP_CHOWN", "CAP_KILL"]) == 1 | 1 << 5
+
+
+def test_the_executable_found_comes_before_the_args() -> None:
+    got = pairs(join_plan.encode(process(), JOIN, "/bin/sh"))
+    keys = [k for k, _ in got]
+    assert ("exe", "/bin/sh") in got and keys.index("exe") < keys.index("arg")

@@ -55,7 +55,7 @@ def test_privileged_container_caps_are_what_the_server_holds() -> None:
 
 
 def test_privileged_process_in_unprivileged_container_gets_no_more_caps(rootfs: Path) -> None:
-    p = ps.prepare_process(rootfs, path="/bin/sh", privileged=True, ceiling={})
+    p = ps.prepare_process(rootfs, path="/bin/sh", privileged=True, ceiling={}).process
     assert p["user"] == {"uid": 0, "gid": 0}  # privileged only picks root as the default user
     assert p["capabilities"]["bounding"] == UNPRIVILEGED_CAPS
     assert p["capabilities"]["effective"] == UNPRIVILEGED_CAPS
@@ -187,7 +187,7 @@ def test_ensure_dir_creates_inside_root_only(rootfs: Path, tmp_path: Path) -> No
 
 
 def test_prepare_process_defaults(rootfs: Path) -> None:
-    p = ps.prepare_process(
+    prepared = ps.prepare_process(
         rootfs,
         path="sh",
         args=["-c", "id"],
@@ -196,6 +196,8 @@ def test_prepare_process_defaults(rootfs: Path) -> None:
         limits={"nofile": 64},
         ceiling={"nofile": 100},
     )
+    p = prepared.process
+    assert prepared.executable == "/bin/sh"  # found on the merged env's PATH
     assert p["args"] == ["sh", "-c", "id"]
     assert p["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [2000]}
     assert p["cwd"] == "/home/vcap"
@@ -212,7 +214,7 @@ def test_prepare_process_privileged_is_root_and_creates_dir(rootfs: Path) -> Non
         dir="/srv/app",
         host_id_offset=0,
         ceiling={},
-    )
+    ).process
     assert p["user"] == {"uid": 0, "gid": 0}
     assert p["cwd"] == "/srv/app"
     assert (rootfs / "srv" / "app").is_dir()
