@@ -68,6 +68,7 @@ async def build_kernel(config: ServerConfig, *, trash: Trash | None = None) -> L
     return LinuxContainers(
         state_dir=state_dir,
         runtime=runtime,
+        tty_helper_path=find_garden_monitor(),
         cgroups=detect(),
         cache_dir=state_dir / "rootfs-cache",
         cgroup_parent=config.cgroup_parent,

@@ -103,6 +103,7 @@ class LinuxContainers:
         cache_dir: Path | None = None,
         cgroup_parent: str = "/garden",
         init_path: str = "/usr/bin/catatonit",
+        tty_helper_path: str | None = None,
         cleanup_timeout: float = 10.0,
         use_run: bool = True,
         disk: LayerQuota | None = None,
@@ -116,6 +117,7 @@ class LinuxContainers:
         self.cgroups = cgroups
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
         self.init_path = init_path
+        self.tty_helper_path = tty_helper_path  # garden-monitor, mounted in for TTY processes
         self.cleanup_timeout = cleanup_timeout
         self.use_run = use_run  # `run -d` (one runtime call) instead of `create` + `start`
         self.disk: LayerQuota = disk if disk is not None else LoopImageQuota()
@@ -162,6 +164,7 @@ class LinuxContainers:
             spec = oci.container_spec(
                 plan,
                 init_path=self.init_path,
+                tty_helper_path=self.tty_helper_path,
                 allowed_caps=self._allowed_caps,
                 swap_accounting=self._swap_accounting.get(parent, False),
             )

@@ -139,7 +139,12 @@ def nofile_limit(current: tuple[int, int] | None = None) -> tuple[int, int]:
     return hard, hard
 
 
-def mounts(plan: ContainerPlan, init_path: str) -> list[dict[str, Any]]:
+TTY_HELPER = "/.garden-monitor"  # garden-monitor inside a container (`tty_helper_path`)
+
+
+def mounts(
+    plan: ContainerPlan, init_path: str, tty_helper_path: str | None = None
+) -> list[dict[str, Any]]:
     userns = plan.uid_base is not None
     devpts = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
     if not userns:
@@ -189,6 +194,15 @@ def mounts(plan: ContainerPlan, init_path: str) -> list[dict[str, Any]]:
             "options": ["bind", "ro", "nosuid", "nodev"],
         },
     ]
+    if tty_helper_path is not None:  # its --tty-wait starts a TTY process (garden_monitor.c)
+        out.append(
+            {
+                "destination": TTY_HELPER,
+                "type": "bind",
+                "source": tty_helper_path,
+                "options": ["bind", "ro", "nosuid", "nodev"],
+            }
+        )
     for m in plan.bind_mounts:
         out.append(
             {
@@ -238,6 +252,7 @@ def container_spec(
     plan: ContainerPlan,
     *,
     init_path: str = "/usr/bin/catatonit",
+    tty_helper_path: str | None = None,
     nofile: tuple[int, int] | None = None,
     allowed_caps: frozenset[str] | None = None,
     swap_accounting: bool = False,
@@ -245,7 +260,8 @@ def container_spec(
     """The config.json of `plan`'s container; the bundle's rootfs is the "rootfs" subdir.
     `nofile` is (soft, hard) for RLIMIT_NOFILE, default from `nofile_limit()`; `allowed_caps`
     limits the capabilities to those the server holds (see `capabilities`); with
-    `swap_accounting` a memory limit covers memory+swap too."""
+    `swap_accounting` a memory limit covers memory+swap too; `tty_helper_path` (garden-monitor)
+    is mounted at `TTY_HELPER` to start TTY processes."""
     env = list(plan.env)
     if not any(e.startswith("PATH=") for e in env):
         env.append(DEFAULT_PATH)
@@ -277,6 +293,6 @@ def container_spec(
         },
         "root": {"path": "rootfs", "readonly": False},
         "hostname": plan.hostname,
-        "mounts": mounts(plan, init_path),
+        "mounts": mounts(plan, init_path, tty_helper_path),
         "linux": linux,
     }

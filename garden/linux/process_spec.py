@@ -166,6 +166,12 @@ def _open_in_root(root_fd: int, rel: str, flags: int) -> int:
     return inroot.open_in_root(root_fd, rel, flags)
 
 
+def has_executable(root: str | Path, path: str) -> bool:
+    """Whether `path` (absolute, resolved inside `root`) is a regular file with an execute bit."""
+    with inroot.opened_root(root) as root_fd:
+        return _is_executable(root_fd, path)
+
+
 def _is_executable(root_fd: int, path: str) -> bool:
     try:
         fd = _open_in_root(root_fd, path.lstrip("/"), os.O_PATH)

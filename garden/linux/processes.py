@@ -102,11 +102,12 @@ class LinuxProcesses:
                 f"process id {process_id!r} is in use", handle=plan.handle, process_id=process_id
             )
         size = spec.tty_size()
+        root = f"/proc/{started.pid}/root"
         # In the trio thread: a few small reads in the container's root (~0.4 ms), less than
         # the two hops to a worker thread and back cost under load (0.5-1 ms), and the GIL
         # would serialise the parsing anyway.
         prepared = process_spec.prepare_process(
-            f"/proc/{started.pid}/root",
+            root,
             path=spec.path,
             args=spec.args,
             container_env=container_env,
@@ -122,13 +123,19 @@ class LinuxProcesses:
             host_id_offset=0 if privileged_container else (plan.uid_base or 0),
             ceiling=self.ceiling,
         )
+        process = prepared.process
+        if size is not None and process_spec.has_executable(root, oci.TTY_HELPER):
+            # crun sizes an exec'd terminal from outside once the process has exec'd, so a
+            # program could see 0x0: garden-monitor --tty-wait runs first and waits for the size.
+            helper = [oci.TTY_HELPER, "--tty-wait", prepared.executable]
+            process = {**process, "args": [*helper, *process["args"]]}
         try:
             return await monitor.spawn(
                 runtime=self.runtime.exe,
                 runtime_root=self.runtime.root,
                 container_id=plan.container_id,
                 process_dir=pdir,
-                process=prepared.process,
+                process=process,
                 socket_dir=self.socket_dir,
                 stdin=spec.stdin or size is not None,
                 log_format=self.log_format,

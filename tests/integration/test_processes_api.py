@@ -265,6 +265,29 @@ async def test_client_gets_http_errors_not_hangs(server: Server) -> None:
     assert isinstance(r, httpx.Response)
 
 
+async def test_a_tty_has_its_size_before_its_program_runs(server: Server) -> None:
+    """Regression (the intermittent test_websocket_terminal failure): crun sizes an exec'd
+    terminal from outside only after the process has exec'd, so under load `stty size` saw
+    0x0 ("stty: standard input") in ~40% of 20 TTY processes started at once."""
+    await create(server, "ttysize")
+    spec = {
+        "path": "sh",
+        "args": ["-c", "stty size; cat /proc/$$/comm; true"],
+        "tty": {"columns": 80, "rows": 24},
+    }
+    outs: list[bytes] = []
+
+    async def one() -> None:
+        outs.append(output(await run(server, "ttysize", spec), "stdout"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(one)
+    # The size from the first instruction on, in the program itself (the helper that waited
+    # for the size has exec'd it: same pid, its name now).
+    assert outs == [b"24 80\r\nsh\r\n"] * 20
+
+
 async def test_websocket_terminal(server: Server) -> None:
     from tests.wsclient import WebSocket
 

@@ -12,9 +12,14 @@
  *
  *     garden-monitor PROCESS_DIR EXIT_NAME RUNTIME [RUNTIME_ARG...]
  *     garden-monitor PROCESS_DIR EXIT_NAME --join
+ *     garden-monitor --tty-wait EXECUTABLE ARGV0 [ARG...]
  *
  * The second form starts the process itself instead of the runtime (join.c): fd 4 is the plan
  * (join.c says its format), fd 5 a pidfd of the container's init, whose namespaces it joins.
+ * The third runs inside a container, as a TTY process's first program (bind-mounted read-only
+ * at /.garden-monitor): it waits until its terminal has a size, at most TTY_WAIT_MS, and execs
+ * EXECUTABLE with ARGV0 ARG... crun sets an exec'd TTY's size from outside only after the
+ * process has exec'd, so a program could read 0x0 (`stty size` failed under load).
  *
  *   fd 0          the process's stdin (the server gives /dev/null)
  *   fd 1, fd 2    the process's stdout and stderr (the server gives the files `stdout` and
@@ -39,15 +44,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "join.h"
 
-enum { SYNC_FD = 3, PLAN_FD = 4, INIT_PIDFD = 5 };
+enum { SYNC_FD = 3, PLAN_FD = 4, INIT_PIDFD = 5, TTY_WAIT_MS = 2000 };
 
 static int sync_fd = SYNC_FD;
 
@@ -185,7 +192,23 @@ static long run_joined(void) {
     return pid;
 }
 
+/* --tty-wait: until fd 0, a terminal, has rows and columns (not a terminal: at once). */
+static int tty_wait_then_exec(char **argv) {
+    struct timespec step = {0, 1000 * 1000};
+    for (int waited = 0; waited < TTY_WAIT_MS; waited++) {
+        struct winsize ws;
+        if (ioctl(0, TIOCGWINSZ, &ws) != 0 || (ws.ws_row != 0 && ws.ws_col != 0))
+            break;
+        nanosleep(&step, NULL);
+    }
+    execv(argv[0], argv + 1);
+    fprintf(stderr, "garden-monitor: exec %s: %s\n", argv[0], strerror(errno));
+    return 127;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 4 && strcmp(argv[1], "--tty-wait") == 0)
+        return tty_wait_then_exec(argv + 2);
     int join = argc == 4 && strcmp(argv[3], "--join") == 0;
     if (argc < 4) {
         fprintf(stderr, "usage: garden-monitor PROCESS_DIR EXIT_NAME (RUNTIME [ARG...] | --join)\n");
