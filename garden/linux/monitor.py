@@ -532,8 +532,9 @@ async def _run_garden_monitor(
         _reap(pidfd, wait=True)
         if kind == "E":
             raise _spawn_error(_runtime_stderr(pdir) or f"runtime exit status {value}")
-        if kind == "M" and value.isdigit():
-            raise RuntimeFailedError("garden-monitor", os.strerror(int(value)))
+        if kind == "M" and value.isdigit():  # an OSError, so that a full disk answers 507
+            code = int(value)
+            raise RuntimeFailedError("garden-monitor", OSError(code, os.strerror(code)))
         raise RuntimeFailedError("garden-monitor", f"exited without a pid (said {line!r})")
     finally:
         trio.lowlevel.notify_closing(pidfd)
