@@ -35,7 +35,8 @@ set -- $(cut -d' ' -f5,6,7,8,19 /proc/$$/stat)
 [ "$2" = "$$" ] && set -- leader leader $3 $4 $5
 echo "session pgrp session tty tpgid nice: $*"
 echo "oom_score_adj $(cat /proc/self/oom_score_adj)"
-echo "fds $(ls /proc/$$/fd | tr '\n' ' ')"
+ls /proc/$$/fd > /tmp/fds.$$  # (not in a $(...): its pipe shows up, sometimes twice)
+echo "fds $(tr '\n' ' ' < /tmp/fds.$$)"
 echo "stdin $(readlink /proc/$$/fd/0)"
 echo "pwd $(pwd)"
 env | sort

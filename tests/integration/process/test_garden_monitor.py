@@ -293,8 +293,14 @@ async def stand_in_monitor(
     """A process dir whose `monitor.pid` names a stand-in running `sh -c script` with the dir
     on its command line (as garden-monitor has it), and the facts of a spawn announced there."""
     (pdir / "exit").mkdir(parents=True)
-    stand_in = await trio.lowlevel.open_process(["sh", "-c", script, str(pdir)])
+    # (`; exit`: a shell may exec a last lone command, whose command line lacks the dir)
+    stand_in = await trio.lowlevel.open_process(["sh", "-c", f"{script}; exit", str(pdir)])
     try:
+        # Regression (full check under load): the stand-in was looked at before it had exec'd
+        # the shell, so nothing named the dir yet and it was not taken for the monitor.
+        with trio.fail_after(10):
+            while os.fsencode(pdir) not in Path(f"/proc/{stand_in.pid}/cmdline").read_bytes():
+                await trio.sleep(0.005)
         (pdir / "monitor.pid").write_text(str(stand_in.pid))
         yield stand_in, SpawnedProcess(
             container_id="gtest-x", process_dir=str(pdir), socket_link="", pid=0,
